@@ -1,0 +1,5 @@
+import sys
+
+from torchloom.cli import main
+
+sys.exit(main())

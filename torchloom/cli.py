@@ -1,0 +1,81 @@
+"""The command line: `torchloom train|evaluate|predict|summary`.
+
+Parsing imports nothing heavy, so `torchloom --help` answers without importing torch. A user
+mistake prints one message to stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USER_ERROR = 2
+
+EXAMPLES = """examples:
+  torchloom train                                  the tutorial MLP on the embedded digits
+  torchloom train examples/digits_mlp.yaml trainer.epochs=50 optimizer.lr=0.05
+  torchloom evaluate runs/mlp-digits-20261127-101500 --json
+  torchloom predict runs/mlp-digits-20261127-101500 new_samples.csv -o predictions.csv
+  torchloom summary examples/wine_layers.yaml
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from torchloom import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="torchloom",
+        description="Build, train, evaluate and diagnose PyTorch networks from one YAML file.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"torchloom {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train from a config (none: the built-in default) with key=value overrides",
+        description="Train a model. CONFIG is a YAML file; each key.sub=value overrides a field.",
+    )
+    train.add_argument("arguments", nargs="*", metavar="[CONFIG] [key=value ...]")
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a trained run on a split")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    predict = commands.add_parser("predict", help="predictions for new inputs (.csv or .npy)")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("input", metavar="INPUT")
+    predict.add_argument("-o", "--output", help="write a CSV here (default: print to stdout)")
+
+    summary = commands.add_parser("summary", help="layers, output shapes and parameter counts")
+    summary.add_argument("arguments", nargs="*", metavar="[CONFIG] [key=value ...]")
+    return parser
+
+
+def split_config_arguments(arguments: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [key=value ...]` -> (config path or None, overrides)."""
+    if arguments and "=" not in arguments[0]:
+        return arguments[0], arguments[1:]
+    return None, arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from torchloom import commands
+    from torchloom.errors import TorchloomError
+
+    handler = getattr(commands, args.command)
+    try:
+        return handler(args) or 0
+    except TorchloomError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""What each CLI command does, once its arguments are parsed (imports torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from torchloom import api
+from torchloom.cli import split_config_arguments
+from torchloom.errors import DataError, TorchloomError, did_you_mean
+
+console = Console()
+
+
+def train(args: argparse.Namespace) -> int:
+    path, overrides = split_config_arguments(args.arguments)
+    run = api.fit_config(path, overrides)
+    if run.data is not None and run.data.test is not None:
+        print_metrics(run.evaluate("test"), "test", run.task.name)
+    if run.dir is not None:
+        console.print(f"run saved to [bold]{run.dir}[/bold]")
+        console.print(f"  evaluate: torchloom evaluate {run.dir}")
+        console.print(f"  predict:  torchloom predict {run.dir} INPUT.csv")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    run = api.load_run(args.run_dir)
+    if run.data is None:
+        raise TorchloomError(
+            f"{args.run_dir} was trained on in-memory arrays, which the run directory does not "
+            "hold; evaluate it from Python with run.evaluate(split)."
+        )
+    metrics = run.evaluate(args.split)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print_metrics(metrics, args.split, run.task.name)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    run = api.load_run(args.run_dir, data=False)
+    features = read_inputs(Path(args.input), run.preprocess.feature_names)
+    predictions = run.predict(features)
+    frame = predictions_frame(predictions, run.preprocess.classes)
+    if args.output:
+        from torchloom.io import atomic_write_text
+
+        atomic_write_text(args.output, frame.to_csv(index=False))
+        console.print(f"{len(frame)} predictions written to {args.output}")
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def summary(args: argparse.Namespace) -> int:
+
+    from torchloom import models
+
+    path, overrides = split_config_arguments(args.arguments)
+    config = api.resolve_config(path, overrides)
+    data = api.load_data(config)
+    model = models.build(config.model.name, **config.model.options)
+    example = data.train.features[:2]
+    models.materialize(model, example, data.num_outputs)
+    rows = models.summary(model, example)
+    table = Table(title=f"{config.model.name} on {data.name}: input {(-1, *data.input_shape)}")
+    for column in ("layer", "type", "output shape", "parameters"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for row in rows:
+        table.add_row(row["name"], row["type"], str(row["output_shape"]), f"{row['parameters']:,}")
+    console.print(table)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    console.print(f"total parameters: {total:,} (trainable {trainable:,}), {size / 1024:.1f} KiB")
+    return 0
+
+
+def print_metrics(metrics: dict[str, float], split: str, task: str) -> None:
+    """A table of headline metrics, and for classification a per-class precision/recall table."""
+    headline = Table(title=f"{split} metrics")
+    headline.add_column("metric")
+    headline.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if "/" not in key:
+            headline.add_row(key, f"{value:.4f}")
+    console.print(headline)
+    classes = [key.split("/", 1)[1] for key in metrics if key.startswith("precision/")]
+    if task == "classification" and classes:
+        per_class = Table(title=f"{split} metrics per class")
+        for column in ("class", "precision", "recall"):
+            per_class.add_column(column, justify="left" if column == "class" else "right")
+        for name in classes:
+            per_class.add_row(
+                name, f"{metrics[f'precision/{name}']:.4f}", f"{metrics[f'recall/{name}']:.4f}"
+            )
+        console.print(per_class)
+
+
+def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:
+    """Features from a .npy array or a CSV (columns matched by name, or all columns in order)."""
+    if not path.is_file():
+        raise DataError(f"no such input file '{path}'.")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False).astype(np.float32)
+        except ValueError as error:
+            raise DataError(f"{path}: not a numeric .npy array ({error}).") from None
+    if path.suffix != ".csv":
+        raise DataError(f"{path}: expected a .csv or .npy file, got '{path.suffix}'.")
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    if set(feature_names) <= set(map(str, frame.columns)):
+        frame = frame[feature_names]  # extra columns (a label, an id) are ignored
+    elif frame.shape[1] != len(feature_names):
+        missing = next(n for n in feature_names if n not in map(str, frame.columns))
+        raise DataError(
+            f"{path}: has no column '{missing}'.{did_you_mean(missing, map(str, frame.columns))}"
+            f" The model needs {len(feature_names)} feature columns: "
+            f"{', '.join(feature_names[:8])}{', ...' if len(feature_names) > 8 else ''}."
+        )
+    non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if non_numeric:
+        raise DataError(f"{path}: column '{non_numeric[0]}' is not numeric.")
+    return frame.to_numpy(dtype=np.float32)
+
+
+def predictions_frame(predictions: dict[str, np.ndarray], classes: list[str] | None):
+    """A table of predictions: the class name and one probability column per class, or values.
+
+    Floats are written in full (shortest round-trip form) so a reader gets the exact values.
+    """
+    import pandas as pd
+
+    if "class" in predictions:
+        names = classes or [str(i) for i in range(predictions["probabilities"].shape[1])]
+        frame = pd.DataFrame({"prediction": [names[i] for i in predictions["class"]]})
+        for index, name in enumerate(names):
+            frame[f"probability/{name}"] = predictions["probabilities"][:, index].astype(float)
+        return frame
+    values = predictions["value"].reshape(len(predictions["value"]), -1).astype(float)
+    if values.shape[1] == 1:
+        return pd.DataFrame({"prediction": values[:, 0]})
+    return pd.DataFrame({f"prediction/{i}": values[:, i] for i in range(values.shape[1])})

@@ -1,0 +1,364 @@
+"""The run configuration: a typed schema, YAML loading, `key=value` overrides, one error report.
+
+A config has the sections data, model, init, loss, optimizer, trainer and output (plus `task`).
+It is validated before anything runs, and every problem is reported at once with its field path
+and a "did you mean ...?" for near misses. YAML is read with `yaml.safe_load`: data only.
+
+Names (models, optimizers, losses, data sources, init schemes) are checked against registries
+passed in as the validation context, so this module imports neither torch nor the registries.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
+
+Task = Literal["classification", "regression"]
+Mode = Literal["auto", "min", "max"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_name(kind: str, registry_key: str, value: str | None, info: ValidationInfo):
+    """Raise when `value` is not in the registry `info.context[registry_key]`."""
+    registry = (info.context or {}).get(registry_key)
+    if value is not None and registry is not None and value not in registry:
+        raise ValueError(unknown_name_message(kind, value, registry))
+    return value
+
+
+class DataConfig(Section):
+    """Where the data comes from and how it is split and scaled."""
+
+    name: str = "digits"
+    path: str | None = None
+    target: str | None = None
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.2, ge=0, lt=1)
+    standardize: bool = True
+    seed: int | None = None  # None: use trainer.seed
+
+    @field_validator("name")
+    @classmethod
+    def _known_source(cls, value: str, info: ValidationInfo) -> str:
+        return _check_name("data source", "data", value, info)
+
+    @model_validator(mode="after")
+    def _file_options(self) -> DataConfig:
+        if self.name == "csv" and (self.path is None or self.target is None):
+            raise ValueError("the csv source needs 'path' (the file) and 'target' (label column)")
+        if self.name != "csv" and (self.path is not None or self.target is not None):
+            raise ValueError(f"'path' and 'target' are for name: csv, not '{self.name}'")
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves no training data")
+        return self
+
+    def source_options(self) -> dict:
+        return {"path": self.path, "target": self.target} if self.name == "csv" else {}
+
+
+class ModelConfig(Section):
+    """A zoo model by name with its options, e.g. `{name: mlp, hidden: [128, 64]}`, or a layer
+    list `{layers: [{linear: 128}, relu, {linear: 10}]}`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "mlp"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layers_imply_name(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "layers" in value and "name" not in value:
+            value = {**value, "name": "layers"}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str, info: ValidationInfo) -> str:
+        return _check_name("model", "models", value, info)
+
+    @model_validator(mode="after")
+    def _known_options(self, info: ValidationInfo) -> ModelConfig:
+        check = (info.context or {}).get("model_options")
+        if check is not None and self.name in (info.context or {}).get("models", ()):
+            problems = check(self.name, self.options)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def options(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class InitConfig(Section):
+    scheme: str = "default"
+    bias: Literal["default", "zeros"] = "default"
+    std: float = Field(0.01, gt=0)
+    nonlinearity: str = "relu"
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str, info: ValidationInfo) -> str:
+        return _check_name("init scheme", "init", value, info)
+
+
+class _NamedWithOptions(Section):
+    model_config = ConfigDict(extra="allow")
+    _kind: typing.ClassVar[str]  # "loss" or "optimizer"
+    _registry: typing.ClassVar[str]  # its key in the validation context
+
+    @model_validator(mode="after")
+    def _known_options(self, info: ValidationInfo) -> _NamedWithOptions:
+        context = info.context or {}
+        check = context.get(f"{self._kind}_options")
+        if check is not None and self.name in context.get(self._registry, ()):
+            problems = check(self._kind, self.name, self.options, self._kind)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def options(self) -> dict:
+        fields = {k: v for k, v in self if k != "name"}
+        return {**fields, **(self.model_extra or {})}
+
+
+class LossConfig(_NamedWithOptions):
+    """A loss by name with its options; `name: null` takes the task's default."""
+
+    _kind = "loss"
+    _registry = "losses"
+    name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_name("loss", "losses", value, info)
+
+
+class OptimizerConfig(_NamedWithOptions):
+    """An optimizer by name with its PyTorch options, e.g. `{name: sgd, lr: 0.01, momentum: 0.9}`."""
+
+    _kind = "optimizer"
+    _registry = "optimizers"
+    name: str = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float | None = Field(0.9, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, value: str, info: ValidationInfo) -> str:
+        return _check_name("optimizer", "optimizers", value, info)
+
+    @property
+    def options(self) -> dict:
+        options = super().options
+        if options.get("momentum") is None or self.name not in ("sgd", "rmsprop"):
+            options.pop("momentum", None)  # only SGD and RMSprop take momentum
+        return options
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str = "val/loss"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    mode: Mode = "auto"
+    restore_best: bool = True
+
+
+class TrainerConfig(Section):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(100, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    shuffle: bool = True
+    drop_last: bool = False
+    log_every: int = Field(50, ge=1, description="optimizer steps between loss logs")
+    val_every: int = Field(1, ge=1, description="epochs between validations")
+    progress: bool = True
+    early_stopping: EarlyStoppingConfig | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got '{value}'")
+        return value
+
+
+class OutputConfig(Section):
+    dir: str | None = "runs"
+    name: str | None = None
+    tensorboard: bool = True
+    checkpoints: bool = True
+    keep_last: int = Field(2, ge=1)
+    monitor: str = "val/loss"
+    mode: Mode = "auto"
+
+
+class Config(Section):
+    """A whole run. Every field has a default: an empty config trains the MLP on digits."""
+
+    task: Task | None = None
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    init: InitConfig = InitConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def mode_for(monitor: str, mode: str) -> str:
+    """Resolve mode "auto": losses and errors are minimized, everything else maximized."""
+    if mode != "auto":
+        return mode
+    lowered = monitor.lower()
+    return "min" if any(word in lowered for word in ("loss", "error", "mse", "mae")) else "max"
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a config file with `yaml.safe_load`; errors name the file and line."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError([f"no such config file '{path}'"], source=str(path))
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError([f"{where}not valid YAML ({problem})"], source=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["not a text file (expected UTF-8 YAML)"], source=str(path)) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [f"expected a mapping of sections (data:, model:, ...), got {type(raw).__name__}"],
+            source=str(path),
+        )
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> tuple[dict, list[str]]:
+    """Set `section.key=value` overrides (values parsed as YAML) on a copy of `raw`.
+
+    Returns:
+        The new mapping and one problem line per malformed override.
+    """
+    import copy
+
+    result = copy.deepcopy(raw)
+    problems = []
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override '{override}': expected key.subkey=value, e.g. trainer.epochs=5")
+            continue
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return result, problems
+
+
+def validate(raw: dict, *, context: dict | None = None, source: str | None = None) -> Config:
+    """Validate a raw mapping into a `Config`, reporting every problem at once.
+
+    Args:
+        raw: the parsed YAML (or the `fit` options as a nested mapping).
+        context: registries to check names against (see `torchloom.api.registries`).
+        source: the file name, for the error header.
+
+    Raises:
+        ConfigError: all problems, one line each, with field paths and suggestions.
+    """
+    try:
+        return Config.model_validate(raw, context=context)
+    except ValidationError as error:
+        raise ConfigError(format_errors(error), source=source) from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    context: dict | None = None,
+) -> Config:
+    """Read a YAML config (or the built-in default when `path` is None), apply overrides,
+    validate. See `validate` for errors."""
+    raw = read_yaml(path) if path is not None else {}
+    raw, problems = apply_overrides(raw, list(overrides))
+    source = str(path) if path is not None else "arguments"
+    try:
+        config = validate(raw, context=context, source=source)
+    except ConfigError as error:
+        raise ConfigError(problems + error.problems, source=source) from None
+    if problems:
+        raise ConfigError(problems, source=source)
+    return config
+
+
+def format_errors(error: ValidationError) -> list[str]:
+    """One line per pydantic error: the field path, what is wrong, the value, a suggestion."""
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        path = ".".join(loc) or "config"
+        if item["type"] == "extra_forbidden":
+            known = _fields_at(Config, loc[:-1])
+            hint = did_you_mean(loc[-1], known)
+            lines.append(f"{path}: unknown key.{hint} Known keys here: {', '.join(known)}.")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in ("model_type", "dict_type") and not loc:
+            message = "expected a mapping of sections"
+        elif not item["type"].startswith("value_error"):
+            message = f"{message}; got {item['input']!r}"
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names of the section at `loc` (e.g. ["trainer"] -> epochs, batch_size, ...)."""
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        model = annotation
+    return list(model.model_fields)
+
+
+def to_yaml(config: Config, replace: dict | None = None) -> str:
+    """The resolved config as YAML, every default written out; `replace` swaps whole sections
+    for what training resolved (the task, the data's split, the model's full options)."""
+    data = {**config.model_dump(mode="json"), **(replace or {})}
+    return yaml.safe_dump(data, sort_keys=False)

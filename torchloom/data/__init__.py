@@ -1,0 +1,288 @@
+"""Data: a source, a seeded (stratified) split, preprocessing fitted on train, tensors in memory.
+
+    data = torchloom.data.load("digits")                  # embedded, offline
+    data = torchloom.data.load("csv", path="t.csv", target="label")
+    data = torchloom.data.from_arrays(x, y, val=0.1, test=0.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from torchloom.data.loader import BatchLoader
+from torchloom.data.preprocess import Preprocess
+from torchloom.data.sources import SOURCES, Table
+from torchloom.errors import DataError, lookup
+
+__all__ = ["BatchLoader", "Data", "Preprocess", "Split", "Table", "from_arrays", "load", "names"]
+
+
+@dataclass
+class Split:
+    """One split as tensors: features (num_samples, ...) float32, targets int64 or float32."""
+
+    features: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.features.to(device), self.targets.to(device))
+
+
+@dataclass
+class Data:
+    """A dataset split into train / val / test, preprocessed, ready for `torchloom.fit`.
+
+    Attributes:
+        train, val, test: the splits; val and test are None when their fraction is 0.
+        preprocess: the scaler and names fitted on train, saved as `preprocess.json` in a run.
+        name: the source's name.
+        spec: how to load it again: `{"name", "val", "test", "seed", "standardize", ...}`.
+    """
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    preprocess: Preprocess
+    name: str
+    spec: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> Data:
+        """The same data with every split's tensors on `device`."""
+        move = lambda split: None if split is None else split.to(device)  # noqa: E731
+        return replace(self, train=self.train.to(device), val=move(self.val), test=move(self.test))
+
+    @property
+    def task(self) -> str:
+        return self.preprocess.task
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.preprocess.classes
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.classes is None else len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, e.g. (64,) for digits as a table."""
+        return tuple(self.train.features.shape[1:])
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def num_outputs(self) -> int:
+        """Output units a model needs: one per class, or one per regression target."""
+        if self.task == "classification":
+            return len(self.classes)
+        return 1 if self.train.targets.dim() == 1 else int(self.train.targets.shape[1])
+
+    def split(self, name: str) -> Split:
+        """The split called `name` ("train", "val" or "test"), or a clear error if it is empty."""
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split '{name}'. Expected 'train', 'val' or 'test'.")
+        split = getattr(self, name)
+        if split is None:
+            raise DataError(
+                f"this data has no '{name}' split. Give data.{name} a fraction above 0 "
+                f"(e.g. {name}=0.2) to hold one out."
+            )
+        return split
+
+
+def names() -> list[str]:
+    """The built-in data sources."""
+    return sorted(SOURCES)
+
+
+def load(
+    name: str,
+    *,
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    **options,
+) -> Data:
+    """Load a built-in or file data source, split it, and fit preprocessing on train.
+
+    Args:
+        name: a source from `names()`: "digits", "iris", "wine", "breast_cancer", "diabetes",
+            or "csv" (with `path=` and `target=`).
+        val, test: fractions of all samples held out for validation and test.
+        seed: seeds the split.
+        standardize: scale every feature to zero mean and unit variance (fitted on train).
+        **options: the source's own options (e.g. `path`, `target` for "csv").
+
+    Returns:
+        A `Data` with train/val/test splits as tensors.
+
+    Raises:
+        DataError: unknown source, a missing file or column, an empty split.
+
+    Example:
+        >>> data = load("digits")
+        >>> len(data.train), data.num_classes
+        (1257, 10)
+    """
+    source = lookup(SOURCES, name, "data source")
+    try:
+        table = source(**options)
+    except TypeError as error:
+        if "unexpected keyword" not in str(error):
+            raise
+        import inspect
+
+        from torchloom.errors import did_you_mean
+
+        known = list(inspect.signature(source).parameters)
+        bad = next(k for k in options if k not in known)
+        raise DataError(
+            f"data source '{name}' has no option '{bad}'.{did_you_mean(bad, known)} "
+            f"Options: {', '.join(known) or 'none'}."
+        ) from None
+    data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
+    source_options = {k: v for k, v in options.items() if k != "task"}
+    data.spec = {"name": name, **source_options, "val": val, "test": test, "seed": seed,
+                 "standardize": standardize}
+    return data
+
+
+def from_arrays(
+    features,
+    targets,
+    *,
+    task: str | None = None,
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    standardize: bool = False,
+    classes: list[str] | None = None,
+) -> Data:
+    """Wrap user arrays or tensors as `Data`.
+
+    Args:
+        features: (num_samples, ...) array-like of numbers.
+        targets: (num_samples,) class indices, or (num_samples,) / (num_samples, k) floats.
+        task: "classification" or "regression"; inferred when None (integer targets are classes).
+        val, test: held-out fractions (0 keeps everything for training).
+        seed: seeds the split.
+        standardize: fit a scaler on the training split (off by default: your arrays, your
+            preprocessing).
+        classes: class names in index order; default "0", "1", ...
+    """
+    features = _to_numpy(features, "features").astype(np.float32, copy=False)
+    targets = _to_numpy(targets, "targets")
+    if len(features) != len(targets):
+        raise DataError(
+            f"features and targets differ in length: {len(features)} samples vs "
+            f"{len(targets)} targets. Give one target per sample."
+        )
+    if task is None:
+        integer = np.issubdtype(targets.dtype, np.integer) or targets.dtype == bool
+        task = "classification" if integer else "regression"
+    if task == "classification":
+        if targets.ndim != 1:
+            raise DataError(
+                f"classification targets must be one class index per sample, shape (n,); "
+                f"got shape {tuple(targets.shape)}."
+            )
+        targets = targets.astype(np.int64)
+        if len(targets) and targets.min() < 0:
+            raise DataError(
+                f"class indices must be 0 or more; found {int(targets.min())}. "
+                "Map your labels to 0..num_classes-1."
+            )
+        count = int(targets.max()) + 1 if len(targets) else 0
+        classes = classes or [str(i) for i in range(count)]
+    elif task == "regression":
+        targets = targets.astype(np.float32).reshape(len(targets), -1)
+        classes = None
+    else:
+        raise DataError(f"task: expected 'classification' or 'regression', got '{task}'.")
+    shape = features.shape[1:]
+    feature_names = [f"x{i}" for i in range(int(np.prod(shape)))]
+    table = Table(features, targets, task, classes, feature_names, "arrays")
+    data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
+    data.spec = {"name": "arrays", "val": val, "test": test, "seed": seed,
+                 "standardize": standardize}
+    return data
+
+
+def split_table(
+    table: Table, *, val: float, test: float, seed: int, standardize: bool
+) -> Data:
+    """Split a table (stratified for classes), fit preprocessing on train, make tensors."""
+    from sklearn.model_selection import train_test_split
+
+    for label, fraction in (("val", val), ("test", test)):
+        if not 0 <= fraction < 1:
+            raise DataError(f"data.{label}: expected a fraction in [0, 1), got {fraction}.")
+    if val + test >= 1:
+        raise DataError(
+            f"data.val + data.test = {val + test:g} leaves nothing to train on. "
+            "Keep their sum below 1."
+        )
+    num_samples = len(table.features)
+    if num_samples == 0:
+        raise DataError(f"data '{table.name}' is empty: no samples to train on.")
+    missing = np.isnan(table.features.reshape(num_samples, -1))
+    if missing.any():
+        row, column = (int(i) for i in np.argwhere(missing)[0])
+        raise DataError(
+            f"data '{table.name}': missing value (NaN) in feature '{table.feature_names[column]}' "
+            f"at row {row}. Fill or drop missing values before training."
+        )
+    index = np.arange(num_samples)
+    stratify = table.task == "classification"
+
+    def hold_out(pool: np.ndarray, size: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if size == 0:
+            return pool, pool[:0]
+        try:
+            return train_test_split(
+                pool,
+                test_size=size,
+                random_state=seed,
+                stratify=table.targets[pool] if stratify else None,
+            )
+        except ValueError as error:
+            raise DataError(
+                f"data '{table.name}': cannot hold out {name} ({error}). "
+                f"Use a larger dataset or a different data.{name} fraction."
+            ) from None
+
+    rest, test_index = hold_out(index, test, "test")
+    # The validation fraction is of all samples, so rescale it to the remaining pool.
+    train_index, val_index = hold_out(rest, val / (1 - test) if val else 0, "val")
+    preprocess = Preprocess(table.feature_names, table.classes, table.task)
+    preprocess.fit(table.features[train_index], standardize)
+
+    def make(rows: np.ndarray) -> Split | None:
+        if len(rows) == 0:
+            return None
+        rows = np.sort(rows)  # keep the source order inside a split; shuffling is the loader's
+        features = torch.from_numpy(preprocess.transform(table.features[rows]))
+        return Split(features, torch.from_numpy(np.ascontiguousarray(table.targets[rows])))
+
+    train = make(train_index)
+    if train is None:
+        raise DataError(f"data '{table.name}': the training split is empty.")
+    return Data(train, make(val_index), make(test_index), preprocess, table.name)
+
+
+def _to_numpy(values, what: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{what}: cannot be read as an array ({error}).") from None

@@ -1,0 +1,160 @@
+"""Data sources: each turns a name (and its options) into one in-memory table.
+
+A source returns a `Table` of numpy arrays, before any split or preprocessing. Adding a source is
+one function plus one line in `SOURCES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from torchloom.errors import DataError
+
+
+@dataclass
+class Table:
+    """A whole dataset in memory.
+
+    Attributes:
+        features: (num_samples, num_features) float32.
+        targets: (num_samples,) int64 class indices for classification, (num_samples, k) float32
+            for regression.
+        task: "classification" or "regression".
+        classes: class names in index order (classification), else None.
+        feature_names: one name per feature column.
+        name: where the data came from, for messages and run names.
+    """
+
+    features: np.ndarray
+    targets: np.ndarray
+    task: str
+    classes: list[str] | None
+    feature_names: list[str]
+    name: str
+
+
+def _from_sklearn(loader: Callable, name: str, task: str) -> Table:
+    bunch = loader()
+    features = np.asarray(bunch.data, dtype=np.float32)
+    feature_names = [str(n) for n in getattr(bunch, "feature_names", [])] or [
+        f"x{i}" for i in range(features.shape[1])
+    ]
+    if task == "classification":
+        targets = np.asarray(bunch.target, dtype=np.int64)
+        names = getattr(bunch, "target_names", None)
+        classes = [str(c) for c in names] if names is not None else None
+        classes = classes or [str(c) for c in range(int(targets.max()) + 1)]
+    else:
+        targets = np.asarray(bunch.target, dtype=np.float32).reshape(len(features), -1)
+        classes = None
+    return Table(features, targets, task, classes, feature_names, name)
+
+
+def digits() -> Table:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (64 pixel features, 10 classes)."""
+    from sklearn.datasets import load_digits
+
+    return _from_sklearn(load_digits, "digits", "classification")
+
+
+def iris() -> Table:
+    """Fisher's iris: 150 flowers, 4 measurements, 3 species."""
+    from sklearn.datasets import load_iris
+
+    return _from_sklearn(load_iris, "iris", "classification")
+
+
+def wine() -> Table:
+    """178 wines, 13 chemical measurements, 3 cultivars."""
+    from sklearn.datasets import load_wine
+
+    return _from_sklearn(load_wine, "wine", "classification")
+
+
+def breast_cancer() -> Table:
+    """569 tumours, 30 features, malignant or benign."""
+    from sklearn.datasets import load_breast_cancer
+
+    return _from_sklearn(load_breast_cancer, "breast_cancer", "classification")
+
+
+def diabetes() -> Table:
+    """442 patients, 10 features, disease progression after one year (regression)."""
+    from sklearn.datasets import load_diabetes
+
+    return _from_sklearn(load_diabetes, "diabetes", "regression")
+
+
+def csv(path: str | None = None, target: str | None = None, task: str | None = None) -> Table:
+    """A CSV file with a header row: every column but `target` is a numeric feature.
+
+    Args:
+        path: the CSV file.
+        target: the label column's name.
+        task: "classification" or "regression"; inferred from the target column when None
+            (integers, booleans and strings are classes; other numbers are regression).
+    """
+    import pandas as pd
+
+    if path is None or target is None:
+        raise DataError("data source 'csv' needs both 'path' and 'target' (the label column).")
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path: no such file '{path}'. Give the path of a CSV file.")
+    try:
+        frame = pd.read_csv(file)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: cannot be read as CSV ({first_line}).") from None
+    if target not in frame.columns:
+        from torchloom.errors import did_you_mean
+
+        raise DataError(
+            f"{path}: no label column '{target}'.{did_you_mean(target, frame.columns)} "
+            f"Columns: {', '.join(map(str, frame.columns))}."
+        )
+    label = frame.pop(target)
+    non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if non_numeric:
+        raise DataError(
+            f"{path}: feature column '{non_numeric[0]}' is not numeric. "
+            "Encode it as numbers or drop it from the file."
+        )
+    if label.isna().any():
+        row = int(np.flatnonzero(label.isna().to_numpy())[0])
+        raise DataError(f"{path}: label column '{target}' is empty in data row {row + 1}.")
+    features = frame.to_numpy(dtype=np.float32)
+    if task is None:
+        numeric_float = pd.api.types.is_float_dtype(label)
+        task = "regression" if numeric_float else "classification"
+    if task == "classification":
+        classes_index, codes = np.unique(label.astype(str).to_numpy(), return_inverse=True)
+        values = label.to_numpy()
+        # Keep numeric class labels in numeric order ("2" before "10").
+        if pd.api.types.is_numeric_dtype(label):
+            uniques = np.unique(values)
+            codes = np.searchsorted(uniques, values)
+            classes = [str(v) for v in uniques]
+        else:
+            classes = [str(c) for c in classes_index]
+        targets = codes.astype(np.int64)
+    elif task == "regression":
+        targets = label.to_numpy(dtype=np.float32).reshape(-1, 1)
+        classes = None
+    else:
+        raise DataError(f"data.task: expected 'classification' or 'regression', got '{task}'.")
+    return Table(features, targets, task, classes, [str(c) for c in frame.columns], str(path))
+
+
+SOURCES: dict[str, Callable[..., Table]] = {
+    "digits": digits,
+    "iris": iris,
+    "wine": wine,
+    "breast_cancer": breast_cancer,
+    "diabetes": diabetes,
+    "csv": csv,
+}

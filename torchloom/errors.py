@@ -1,0 +1,57 @@
+"""Error types for user mistakes, and the "did you mean ...?" helper.
+
+A user mistake (bad config, bad data, a misspelled name) raises a subclass of `TorchloomError`,
+itself a `ValueError`, so Python callers can catch the usual type. The CLI prints the message
+and exits with code 2. Our own invariants use `assert`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TorchloomError(ValueError):
+    """A mistake in what the user gave us; the message says what, where, and how to fix it."""
+
+
+class ConfigError(TorchloomError):
+    """One or more problems in a config, all reported at once.
+
+    Args:
+        problems: one line per problem, each starting with the field path.
+        source: the file (or "arguments") the config came from, for the header line.
+    """
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        lines = [f"{count} config {noun}{where}:"] + [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class DataError(TorchloomError):
+    """Data that cannot be used as given (a missing column, a wrong shape, an empty split)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return " Did you mean 'x'?" for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_name_message(kind: str, name: object, choices: Iterable[str]) -> str:
+    """One line for an unknown registry name: what was given, what exists, the closest one."""
+    choices = sorted(choices)
+    return f"unknown {kind} '{name}'.{did_you_mean(str(name), choices)} Known: {', '.join(choices)}."
+
+
+def lookup(registry: dict, name: str, kind: str):
+    """`registry[name]`, or a `TorchloomError` that lists the known names and the closest one."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise TorchloomError(unknown_name_message(kind, name, registry)) from None

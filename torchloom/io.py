@@ -1,0 +1,48 @@
+"""Crash-safe file writes: a temporary file in the same folder, fsynced, then renamed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write `payload` to `path` so a reader sees the old file or the whole new one, never half."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, payload: object) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Save a flat dict of tensors as safetensors, atomically (contiguous CPU copies)."""
+    from safetensors.torch import save
+
+    plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    atomic_write_bytes(path, save(plain, metadata=metadata))
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

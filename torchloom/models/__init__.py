@@ -1,0 +1,141 @@
+"""The model zoo: plain `nn.Module` builders in a registry, plus sizing from the data.
+
+    model = torchloom.models.build("mlp", hidden=[128, 64])   # sizes come from the data in fit
+    torchloom.models.names()                                   # ['layers', 'mlp']
+
+Adding a model is one builder function plus one line in `BUILDERS`. A builder takes keyword
+options and may take `in_features` and `num_outputs`; left out, they are inferred from the data.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.models.layers import dry_run, layers, set_num_outputs
+from torchloom.models.mlp import mlp
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "layers": layers,
+}
+
+__all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
+
+
+def names() -> list[str]:
+    """The registered model builders."""
+    return sorted(BUILDERS)
+
+
+def option_problems(name: str, options: dict, where: str = "model") -> list[str]:
+    """Unknown options for builder `name`, one line each with the closest known option."""
+    known = list(inspect.signature(BUILDERS[name]).parameters)
+    return [
+        f"{where}.{key}: model '{name}' has no option '{key}'.{did_you_mean(key, known)} "
+        f"Options: {', '.join(known)}."
+        for key in options
+        if key not in known
+    ]
+
+
+def build(name: str, **options) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a builder from `names()`.
+        **options: the builder's options; `in_features` and `num_outputs` may be left out and are
+            then taken from the data when the model is trained (see `materialize`).
+
+    Returns:
+        A plain `nn.Module`.
+
+    Raises:
+        TorchloomError: unknown name or option, with the closest match.
+
+    Example:
+        >>> build("mlp", hidden=[32], in_features=4, num_outputs=3)(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+    builder = lookup(BUILDERS, name, "model")
+    problems = option_problems(name, options)
+    if problems:
+        raise TorchloomError(" ".join(problems))
+    model = builder(**options)
+    # Recorded so a run can write how to rebuild this model into its config.yaml.
+    model.torchloom_build = {"name": name, **options}
+    return model
+
+
+def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None) -> nn.Module:
+    """Size the model's lazy layers from one example batch, then check its output width.
+
+    Args:
+        model: any `nn.Module`; torchloom's lazy layers get their sizes here.
+        example: a (batch, ...) batch of real inputs on the model's device.
+        num_outputs: the units the task needs (classes, targets); None skips the check.
+
+    Raises:
+        TorchloomError: a layer that cannot take the input, or an output of the wrong width.
+    """
+    if num_outputs is not None:
+        set_num_outputs(model, num_outputs)
+    was_training = model.training
+    model.eval()  # a dry run must not move batch-norm statistics
+    output = dry_run(model, example)
+    model.train(was_training)
+    width = output.shape[-1] if output.dim() > 1 else 1
+    if num_outputs is not None and width != num_outputs:
+        raise TorchloomError(
+            f"model gives {width} outputs per sample but the data needs {num_outputs} "
+            f"(one per class or target). Set the last layer to {num_outputs} units, or leave "
+            "num_outputs unset so it is inferred."
+        )
+    return model
+
+
+def summary(model: nn.Module, example: torch.Tensor) -> list[dict]:
+    """One row per leaf layer: name, type, output shape and parameter count, in call order.
+
+    Args:
+        model: a materialized model.
+        example: a (batch, ...) input batch.
+
+    Returns:
+        Rows `{"name", "type", "output_shape", "parameters", "trainable"}`.
+    """
+    rows: list[dict] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+
+        def record(module, inputs, output, name=name):
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            rows.append(
+                {
+                    "name": name,
+                    "type": type(module).__name__,
+                    "output_shape": (-1, *shape[1:]) if shape else None,
+                    "parameters": sum(p.numel() for p in module.parameters(recurse=False)),
+                    "trainable": sum(
+                        p.numel() for p in module.parameters(recurse=False) if p.requires_grad
+                    ),
+                }
+            )
+
+        hooks.append(module.register_forward_hook(record))
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example)
+        model.train(was_training)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows

@@ -1,0 +1,105 @@
+"""Losses and optimizers by name, with their options checked against PyTorch's signatures."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from torchloom.errors import TorchloomError, did_you_mean, lookup
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "cross_entropy": nn.CrossEntropyLoss,
+    "nll": nn.NLLLoss,
+    "mse": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "smooth_l1": nn.SmoothL1Loss,
+    "bce_with_logits": nn.BCEWithLogitsLoss,
+}
+
+# Options a user may set per loss; tensors (class weights) are given as lists.
+LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "cross_entropy": ("label_smoothing", "class_weights", "ignore_index"),
+    "nll": ("class_weights", "ignore_index"),
+    "mse": (),
+    "l1": (),
+    "smooth_l1": ("beta",),
+    "bce_with_logits": ("pos_weight",),
+}
+
+# Options every optimizer takes from torchloom rather than from its own signature.
+_NOT_USER_OPTIONS = ("params", "self", "defaults")
+
+
+def optimizer_options(name: str) -> list[str]:
+    """The options optimizer `name` accepts (its PyTorch constructor's keyword arguments)."""
+    parameters = inspect.signature(OPTIMIZERS[name]).parameters
+    return [p for p in parameters if p not in _NOT_USER_OPTIONS]
+
+
+def option_problems(kind: str, name: str, options: dict, where: str) -> list[str]:
+    """Unknown options for loss or optimizer `name`, one line each, with the closest known."""
+    known = optimizer_options(name) if kind == "optimizer" else list(LOSS_OPTIONS[name])
+    return [
+        f"{where}.{key}: {kind} '{name}' has no option '{key}'.{did_you_mean(key, known)} "
+        f"Options: {', '.join(known) or 'none'}."
+        for key in options
+        if key not in known
+    ]
+
+
+def make_optimizer(
+    parameters, name: str = "sgd", **options
+) -> torch.optim.Optimizer:
+    """Create a PyTorch optimizer by name.
+
+    Args:
+        parameters: the model's parameters (or parameter groups).
+        name: "sgd", "adam", "adamw" or "rmsprop".
+        **options: the optimizer's own keyword arguments (lr, momentum, nesterov, weight_decay,
+            betas, ...). AdamW's weight decay is decoupled, as PyTorch implements it.
+
+    Raises:
+        TorchloomError: unknown name or option.
+
+    Example:
+        >>> make_optimizer(nn.Linear(2, 1).parameters(), "sgd", lr=0.1, momentum=0.9)
+        SGD (...)
+    """
+    optimizer_class = lookup(OPTIMIZERS, name, "optimizer")
+    problems = option_problems("optimizer", name, options, "optimizer")
+    if problems:
+        raise TorchloomError(" ".join(problems))
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return optimizer_class(parameters, **options)
+
+
+def make_loss(name: str, **options) -> nn.Module:
+    """Create a loss module by name.
+
+    Args:
+        name: "cross_entropy", "nll", "mse", "l1", "smooth_l1" or "bce_with_logits".
+        **options: label_smoothing, class_weights (a list, one per class), ignore_index, beta,
+            pos_weight (a list, one per output).
+
+    Raises:
+        TorchloomError: unknown name or option.
+    """
+    loss_class = lookup(LOSSES, name, "loss")
+    problems = option_problems("loss", name, options, "loss")
+    if problems:
+        raise TorchloomError(" ".join(problems))
+    if "class_weights" in options:
+        options["weight"] = torch.as_tensor(options.pop("class_weights"), dtype=torch.float32)
+    if "pos_weight" in options:
+        options["pos_weight"] = torch.as_tensor(options["pos_weight"], dtype=torch.float32)
+    return loss_class(**options)

@@ -1,0 +1,110 @@
+"""A finished (or reloaded) run: the trained model, its task, data and directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchloom.config import Config
+from torchloom.data import Data, Preprocess, Split
+from torchloom.errors import DataError
+from torchloom.tasks import Task
+from torchloom.train.loop import Evaluator
+
+
+class Run:
+    """What `torchloom.fit` returns and `torchloom.load_run` rebuilds.
+
+    Attributes:
+        model: the trained `nn.Module`, in eval mode after training.
+        task: the task (loss defaults, metrics, predictions).
+        data: the data it trained on, or None for a reloaded run without data.
+        config: the resolved config.
+        history: one dict of logs per epoch.
+        dir: the run directory, or None when nothing was written.
+        preprocess: what prediction applies to raw inputs.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        task: Task,
+        loss_fn: nn.Module,
+        config: Config,
+        preprocess: Preprocess,
+        data: Data | None = None,
+        history: list[dict] | None = None,
+        directory: Path | None = None,
+    ):
+        self.model = model
+        self.task = task
+        self.loss_fn = loss_fn
+        self.config = config
+        self.preprocess = preprocess
+        self.data = data
+        self.history = history or []
+        self.dir = directory
+
+    @property
+    def device(self) -> torch.device:
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def evaluate(self, split: str | Split = "test") -> dict[str, float]:
+        """Loss and task metrics on a split ("train", "val", "test") or a given `Split`.
+
+        Returns:
+            A flat dict of floats, e.g. `{"loss": ..., "accuracy": ..., "f1_macro": ...}`.
+
+        Raises:
+            DataError: the run has no data loaded, or no such split.
+        """
+        if isinstance(split, str):
+            if self.data is None:
+                raise DataError(
+                    "this run has no data attached; pass a Split, or load the run with its data."
+                )
+            split = self.data.split(split)
+        evaluator = Evaluator(
+            self.task, self.loss_fn, self.config.trainer.batch_size, self.device
+        )
+        return evaluator(self.model, split.to(self.device))
+
+    def predict(self, features, *, preprocessed: bool = False) -> dict[str, np.ndarray]:
+        """Predict for raw inputs, preprocessed as training did.
+
+        Args:
+            features: (num_samples, num_features) array-like of raw values.
+            preprocessed: the inputs are already scaled (skip the saved preprocessing).
+
+        Returns:
+            Classification: {"class": (n,) int, "probabilities": (n, num_classes)};
+            regression: {"value": (n, num_targets)}.
+        """
+        array = np.asarray(features, dtype=np.float32)
+        expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
+        if array.ndim == 1 and len(expected) == 1:
+            array = array.reshape(1, -1)
+        if tuple(array.shape[1:]) != expected:
+            raise DataError(
+                f"inputs have shape {tuple(array.shape[1:])} per sample; the model was trained "
+                f"on {expected}."
+            )
+        if not preprocessed:
+            array = self.preprocess.transform(array)
+        inputs = torch.from_numpy(array).to(self.device)
+        batch_size = self.config.trainer.batch_size
+        self.model.eval()
+        with torch.no_grad():
+            outputs = torch.cat(
+                [self.model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+            ) if len(inputs) else self.model(inputs)
+        return {key: value.cpu().numpy() for key, value in self.task.predict(outputs).items()}
+
+    def __repr__(self) -> str:
+        where = f" at {self.dir}" if self.dir else ""
+        return f"Run({self.task.name}, {len(self.history)} epochs{where})"

@@ -1,0 +1,24 @@
+"""Tasks: what a batch means — the default loss, the metrics, how outputs become predictions.
+
+`fit` knows only this interface; a new task is one new file plus one line in `TASKS`.
+"""
+
+from __future__ import annotations
+
+from torchloom.errors import lookup
+from torchloom.tasks.base import Task
+from torchloom.tasks.classification import Classification
+from torchloom.tasks.regression import Regression
+
+TASKS: dict[str, type[Task]] = {
+    "classification": Classification,
+    "regression": Regression,
+}
+
+
+def make_task(name: str, **options) -> Task:
+    """The task called `name`, e.g. `make_task("classification", classes=["cat", "dog"])`."""
+    return lookup(TASKS, name, "task")(**options)
+
+
+__all__ = ["TASKS", "Classification", "Regression", "Task", "make_task"]

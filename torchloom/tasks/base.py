@@ -1,0 +1,41 @@
+"""The interface every task implements."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+
+
+class Task:
+    """What a batch means for one kind of problem.
+
+    Attributes:
+        name: the task's registry name.
+        default_loss: the loss used when the config names none.
+    """
+
+    name: str = ""
+    default_loss: str = ""
+
+    def __init__(self, num_outputs: int, classes: list[str] | None = None):
+        self.num_outputs = num_outputs
+        self.classes = classes
+
+    def metrics(self) -> MetricCollection:
+        """A fresh collection of torchmetrics metrics for evaluating this task."""
+        raise NotImplementedError
+
+    def metric_names(self) -> list[str]:
+        """The keys `evaluate` returns (besides "loss")."""
+        raise NotImplementedError
+
+    def flatten(self, computed: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Turn `MetricCollection.compute()` output into a flat dict of floats."""
+        return {name: float(value) for name, value in computed.items()}
+
+    def check_targets(self, targets: torch.Tensor, where: str) -> None:
+        """Raise a `DataError` when targets cannot be used with this task's model outputs."""
+
+    def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Turn model outputs into predictions (e.g. classes and probabilities)."""
+        raise NotImplementedError

@@ -1,0 +1,152 @@
+"""Where logs go: JSONL, TensorBoard, and the progress display. All are callbacks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from torchloom.train.callbacks import Callback, TrainState
+
+
+class JsonlSink(Callback):
+    """Appends one JSON object per logged step and per epoch to `metrics.jsonl`.
+
+    Step lines carry `step`, `epoch`, `train/loss`, `lr`; epoch lines add `"kind": "epoch"` and
+    every validation metric.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 closed in on_fit_end
+
+    def write(self, payload: dict) -> None:
+        self.file.write(json.dumps(payload) + "\n")
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if state.step_logs is not None:
+            self.write({"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs})
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.write({"kind": "epoch", "step": state.step, **state.logs})
+        self.file.flush()
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class TensorBoardSink(Callback):
+    """Writes every logged scalar to TensorBoard event files in the run directory."""
+
+    def __init__(self, log_dir: str | Path):
+        self.log_dir = str(log_dir)
+        self.writer = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(self.log_dir)
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if state.step_logs is not None:
+            for key, value in state.step_logs.items():
+                self.writer.add_scalar(f"step/{key}", value, state.step)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        for key, value in state.logs.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, state.epoch + 1)
+        self.writer.flush()
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def format_logs(logs: dict[str, float], keys: tuple[str, ...] = ()) -> str:
+    """`train/loss 0.1234  val/accuracy 0.9700` for the headline keys of an epoch's logs."""
+    shown = keys or tuple(
+        k for k in logs if k in ("train/loss", "val/loss", "val/accuracy", "val/r2")
+    )
+    return "  ".join(f"{k} {logs[k]:.4g}" for k in shown if k in logs)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar per epoch (steps, samples/s, loss, ETA) and one summary line per epoch.
+
+    When the output is not a terminal (CI logs, pipes) it prints only the epoch lines.
+    """
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=False)
+        self.progress = None
+        self.task_id = None
+        self.epoch_started = 0.0
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[speed]}"),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.progress.start()
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self.epoch_started = time.perf_counter()
+        if self.progress is not None:
+            label = f"{state.epoch + 1}/{state.num_epochs}"
+            if self.task_id is not None:
+                self.progress.remove_task(self.task_id)
+            self.task_id = self.progress.add_task(
+                "train", total=state.steps_per_epoch, epoch=label, loss="-", speed=""
+            )
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if self.progress is None:
+            return
+        if state.step_logs is not None:
+            elapsed = max(time.perf_counter() - self.epoch_started, 1e-9)
+            done = state.step - state.epoch * state.steps_per_epoch
+            self.progress.update(
+                self.task_id,
+                advance=1,
+                loss=f"{state.step_logs['train/loss']:.4f}",
+                speed=f"{done * state.batch_size / elapsed:,.0f} samples/s",
+            )
+        else:
+            self.progress.advance(self.task_id)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        seconds = time.perf_counter() - self.epoch_started
+        line = f"epoch {state.epoch + 1}/{state.num_epochs}  {format_logs(state.logs)}"
+        self.console.print(f"{line}  ({seconds:.2f}s)", highlight=False, soft_wrap=True)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+__all__ = ["JsonlSink", "ProgressBar", "TensorBoardSink", "format_logs"]
