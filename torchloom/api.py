@@ -210,7 +210,8 @@ def _model_section(model: nn.Module, config: Config) -> dict:
         for key, p in inspect.signature(builder).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
-    return {**defaults, **spec}
+    options = {key: value for key, value in spec.items() if key != "name"}
+    return {"name": spec["name"], **defaults, **options}
 
 
 def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]) -> Run:
@@ -284,7 +285,12 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
     )
     run_dir = _make_run_dir(output.dir, output.name, model, data) if output.dir else None
     if run_dir is not None:
-        resolved = {"task": task_name, "data": data.spec, "model": _model_section(model, config)}
+        resolved = {
+            "task": task_name,
+            "data": data.spec,
+            "model": _model_section(model, config),
+            "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
+        }
         atomic_write_text(run_dir / "config.yaml", to_yaml(config, resolved))
         atomic_write_json(run_dir / "preprocess.json", preprocess.to_json())
 

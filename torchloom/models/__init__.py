@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from torchloom.errors import TorchloomError, did_you_mean, lookup
 from torchloom.models.layers import dry_run, layers, set_num_outputs
@@ -79,15 +80,25 @@ def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None
         example: a (batch, ...) batch of real inputs on the model's device.
         num_outputs: the units the task needs (classes, targets); None skips the check.
 
+    If the model has lazy layers, every layer is then initialized from the current RNG state,
+    so a zoo model's weights follow the run's seed, not the moment it was built.
+
     Raises:
         TorchloomError: a layer that cannot take the input, or an output of the wrong width.
     """
     if num_outputs is not None:
         set_num_outputs(model, num_outputs)
+    lazy = any(is_lazy(p) for p in model.parameters())
     was_training = model.training
     model.eval()  # a dry run must not move batch-norm statistics
     output = dry_run(model, example)
     model.train(was_training)
+    if lazy:
+        # A model with lazy layers has never run, so it holds no trained weights: initialize
+        # every layer now, from the run's seed, whenever the builder was called.
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     width = output.shape[-1] if output.dim() > 1 else 1
     if num_outputs is not None and width != num_outputs:
         raise TorchloomError(
