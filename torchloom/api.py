@@ -123,7 +123,10 @@ def fit(
         if len(data) != 2:
             raise DataError(f"data: expected (features, targets), got {len(data)} items.")
         data = data_module.from_arrays(
-            *data, task=config.task, val=config.data.val, test=config.data.test,
+            *data,
+            task=config.task,
+            val=config.data.val,
+            test=config.data.test,
             seed=config.trainer.seed,
         )
     return _fit(model, data, config, list(callbacks))
@@ -311,7 +314,9 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
         if output.tensorboard:
             built_in.append(TensorBoardSink(run_dir))
         if output.checkpoints:
-            built_in.append(Checkpoint(run_dir / "checkpoints", output.keep_last, monitor, output.mode))
+            built_in.append(
+                Checkpoint(run_dir / "checkpoints", output.keep_last, monitor, output.mode)
+            )
     if trainer.progress:
         built_in.append(ProgressBar())
     evaluator = Evaluator(task, loss_fn, trainer.batch_size, device)

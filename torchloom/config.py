@@ -10,6 +10,7 @@ passed in as the validation context, so this module imports neither torch nor th
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -99,7 +100,7 @@ class ModelConfig(Section):
         if check is not None and self.name in (info.context or {}).get("models", ()):
             problems = check(self.name, self.options)
             if problems:
-                raise ValueError("; ".join(problems))
+                raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -131,7 +132,7 @@ class _NamedWithOptions(Section):
         if check is not None and self.name in context.get(self._registry, ()):
             problems = check(self._kind, self.name, self.options, self._kind)
             if problems:
-                raise ValueError("; ".join(problems))
+                raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -154,7 +155,7 @@ class LossConfig(_NamedWithOptions):
 
 
 class OptimizerConfig(_NamedWithOptions):
-    """An optimizer by name with its PyTorch options, e.g. `{name: sgd, lr: 0.01, momentum: 0.9}`."""
+    """An optimizer by name with its PyTorch options: `{name: sgd, lr: 0.01, momentum: 0.9}`."""
 
     _kind = "optimizer"
     _registry = "optimizers"
@@ -237,13 +238,32 @@ def mode_for(monitor: str, mode: str) -> str:
 # --- loading ------------------------------------------------------------------------------
 
 
+class SafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` (data only, no objects) that also reads `1e-3` as a float.
+
+    YAML 1.1 wants a dot in exponent floats, so plain PyYAML reads `lr: 1e-3` as a string.
+    """
+
+
+SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str):
+    """Parse YAML text as plain data (mappings, lists, strings, numbers, booleans, null)."""
+    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a config file with `yaml.safe_load`; errors name the file and line."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError([f"no such config file '{path}'"], source=str(path))
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -274,10 +294,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> tuple[dict, list[str]]:
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(f"override '{override}': expected key.subkey=value, e.g. trainer.epochs=5")
+            problems.append(
+                f"override '{override}': expected key.subkey=value, e.g. trainer.epochs=5"
+            )
             continue
         try:
-            value = yaml.safe_load(text) if text else None
+            value = safe_load(text) if text else None
         except yaml.YAMLError:
             value = text
         node = result
@@ -339,6 +361,9 @@ def format_errors(error: ValidationError) -> list[str]:
             lines.append(f"{path}: unknown key.{hint} Known keys here: {', '.join(known)}.")
             continue
         message = item["msg"].removeprefix("Value error, ")
+        if all(line.startswith(f"{path}.") for line in message.splitlines()):
+            lines.extend(message.splitlines())  # a section's own checks name their fields
+            continue
         if item["type"] in ("model_type", "dict_type") and not loc:
             message = "expected a mapping of sections"
         elif not item["type"].startswith("value_error"):

@@ -46,12 +46,14 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown_name_message(kind: str, name: object, choices: Iterable[str]) -> str:
     """One line for an unknown registry name: what was given, what exists, the closest one."""
     choices = sorted(choices)
-    return f"unknown {kind} '{name}'.{did_you_mean(str(name), choices)} Known: {', '.join(choices)}."
+    return (
+        f"unknown {kind} '{name}'.{did_you_mean(str(name), choices)} Known: {', '.join(choices)}."
+    )
 
 
-def lookup(registry: dict, name: str, kind: str):
-    """`registry[name]`, or a `TorchloomError` that lists the known names and the closest one."""
+def lookup(registry: dict, name: str, kind: str, error: type[TorchloomError] = TorchloomError):
+    """`registry[name]`, or an `error` that lists the known names and the closest one."""
     try:
         return registry[name]
     except (KeyError, TypeError):
-        raise TorchloomError(unknown_name_message(kind, name, registry)) from None
+        raise error(unknown_name_message(kind, name, registry)) from None

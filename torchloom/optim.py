@@ -56,9 +56,7 @@ def option_problems(kind: str, name: str, options: dict, where: str) -> list[str
     ]
 
 
-def make_optimizer(
-    parameters, name: str = "sgd", **options
-) -> torch.optim.Optimizer:
+def make_optimizer(parameters, name: str = "sgd", **options) -> torch.optim.Optimizer:
     """Create a PyTorch optimizer by name.
 
     Args:

@@ -69,9 +69,7 @@ class Run:
                     "this run has no data attached; pass a Split, or load the run with its data."
                 )
             split = self.data.split(split)
-        evaluator = Evaluator(
-            self.task, self.loss_fn, self.config.trainer.batch_size, self.device
-        )
+        evaluator = Evaluator(self.task, self.loss_fn, self.config.trainer.batch_size, self.device)
         return evaluator(self.model, split.to(self.device))
 
     def predict(self, features, *, preprocessed: bool = False) -> dict[str, np.ndarray]:
@@ -100,9 +98,16 @@ class Run:
         batch_size = self.config.trainer.batch_size
         self.model.eval()
         with torch.no_grad():
-            outputs = torch.cat(
-                [self.model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
-            ) if len(inputs) else self.model(inputs)
+            outputs = (
+                torch.cat(
+                    [
+                        self.model(inputs[i : i + batch_size])
+                        for i in range(0, len(inputs), batch_size)
+                    ]
+                )
+                if len(inputs)
+                else self.model(inputs)
+            )
         return {key: value.cpu().numpy() for key, value in self.task.predict(outputs).items()}
 
     def __repr__(self) -> str:

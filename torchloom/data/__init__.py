@@ -1,8 +1,8 @@
 """Data: a source, a seeded (stratified) split, preprocessing fitted on train, tensors in memory.
 
-    data = torchloom.data.load("digits")                  # embedded, offline
-    data = torchloom.data.load("csv", path="t.csv", target="label")
-    data = torchloom.data.from_arrays(x, y, val=0.1, test=0.2)
+data = torchloom.data.load("digits")                  # embedded, offline
+data = torchloom.data.load("csv", path="t.csv", target="label")
+data = torchloom.data.from_arrays(x, y, val=0.1, test=0.2)
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def load(
         >>> len(data.train), data.num_classes
         (1257, 10)
     """
-    source = lookup(SOURCES, name, "data source")
+    source = lookup(SOURCES, name, "data source", DataError)
     try:
         table = source(**options)
     except TypeError as error:
@@ -151,8 +151,14 @@ def load(
         ) from None
     data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
     source_options = {k: v for k, v in options.items() if k != "task"}
-    data.spec = {"name": name, **source_options, "val": val, "test": test, "seed": seed,
-                 "standardize": standardize}
+    data.spec = {
+        "name": name,
+        **source_options,
+        "val": val,
+        "test": test,
+        "seed": seed,
+        "standardize": standardize,
+    }
     return data
 
 
@@ -212,14 +218,17 @@ def from_arrays(
     feature_names = [f"x{i}" for i in range(int(np.prod(shape)))]
     table = Table(features, targets, task, classes, feature_names, "arrays")
     data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
-    data.spec = {"name": "arrays", "val": val, "test": test, "seed": seed,
-                 "standardize": standardize}
+    data.spec = {
+        "name": "arrays",
+        "val": val,
+        "test": test,
+        "seed": seed,
+        "standardize": standardize,
+    }
     return data
 
 
-def split_table(
-    table: Table, *, val: float, test: float, seed: int, standardize: bool
-) -> Data:
+def split_table(table: Table, *, val: float, test: float, seed: int, standardize: bool) -> Data:
     """Split a table (stratified for classes), fit preprocessing on train, make tensors."""
     from sklearn.model_selection import train_test_split
 

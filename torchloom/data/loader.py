@@ -68,9 +68,10 @@ class BatchLoader:
         size = self.batch_size
         for batch_index in range(self.position, len(self)):
             self.position = batch_index + 1
-            yield features[batch_index * size : (batch_index + 1) * size], targets[
-                batch_index * size : (batch_index + 1) * size
-            ]
+            yield (
+                features[batch_index * size : (batch_index + 1) * size],
+                targets[batch_index * size : (batch_index + 1) * size],
+            )
         self.position = 0
 
     def state_dict(self) -> dict:

@@ -17,12 +17,17 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from torchloom.errors import TorchloomError, did_you_mean, lookup
-from torchloom.models.layers import dry_run, layers, set_num_outputs
+from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "layers": layers,
+}
+
+# Checks of a builder's option values that can run before anything is built.
+OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
+    "layers": lambda options: layer_problems(options.get("layers")),
 }
 
 __all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
@@ -36,12 +41,14 @@ def names() -> list[str]:
 def option_problems(name: str, options: dict, where: str = "model") -> list[str]:
     """Unknown options for builder `name`, one line each with the closest known option."""
     known = list(inspect.signature(BUILDERS[name]).parameters)
-    return [
+    problems = [
         f"{where}.{key}: model '{name}' has no option '{key}'.{did_you_mean(key, known)} "
         f"Options: {', '.join(known)}."
         for key in options
         if key not in known
     ]
+    check = OPTION_CHECKS.get(name)
+    return problems + (check(options) if check else [])
 
 
 def build(name: str, **options) -> nn.Module:

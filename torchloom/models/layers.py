@@ -79,7 +79,7 @@ LAYERS: dict[str, Callable[[object, str], nn.Module]] = {
     "batch_norm": lambda size, where: nn.LazyBatchNorm1d(),
     "layer_norm": lambda size, where: nn.LayerNorm(_positive_int(size, where)),
     "flatten": lambda size, where: nn.Flatten(),
-    **{name: (lambda cls: lambda size, where: cls())(cls) for name, cls in ACTIVATIONS.items()},
+    **{name: (lambda size, where, cls=cls: cls()) for name, cls in ACTIVATIONS.items()},
 }
 
 

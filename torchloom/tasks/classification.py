@@ -48,7 +48,12 @@ class Classification(Task):
             if value.dim() == 0:
                 flat[key] = float(value)
             else:  # per-class values: precision/<class name>
-                flat.update({f"{key}/{n}": float(v) for n, v in zip(self._names, value.tolist())})
+                flat.update(
+                    {
+                        f"{key}/{n}": float(v)
+                        for n, v in zip(self._names, value.tolist(), strict=True)
+                    }
+                )
         return flat
 
     def check_targets(self, targets: torch.Tensor, where: str) -> None:

@@ -124,7 +124,11 @@ class Checkpoint(Callback):
     """
 
     def __init__(
-        self, directory: str | Path, keep_last: int = 2, monitor: str = "val/loss", mode: str = "auto"
+        self,
+        directory: str | Path,
+        keep_last: int = 2,
+        monitor: str = "val/loss",
+        mode: str = "auto",
     ):
         self.directory = Path(directory)
         self.keep_last = keep_last
@@ -140,8 +144,7 @@ class Checkpoint(Callback):
         self.saved.append(name)
         value = state.logs.get(self.monitor)
         if value is not None and (
-            self.best is None
-            or (value < self.best if self.mode == "min" else value > self.best)
+            self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         ):
             previous = self.best_name
             self.best, self.best_name = value, name

@@ -28,7 +28,9 @@ class JsonlSink(Callback):
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.step_logs is not None:
-            self.write({"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs})
+            self.write(
+                {"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs}
+            )
 
     def on_epoch_end(self, state: TrainState) -> None:
         self.write({"kind": "epoch", "step": state.step, **state.logs})
