@@ -19,11 +19,10 @@ def test_empty_config_is_the_documented_default():
     config = validate({}, context=registries())
     assert config.data.name == "digits"
     assert config.model.name == "mlp"
-    assert (config.optimizer.name, config.optimizer.lr, config.optimizer.momentum) == (
-        "sgd",
-        0.01,
-        0.9,
-    )
+    assert config.optimizer.name == "sgd"
+    assert config.optimizer.options == {"lr": 0.01, "momentum": 0.9}
+    adam = validate({"optimizer": {"name": "adam"}}, context=registries())
+    assert adam.optimizer.options == {}  # PyTorch's own defaults (lr 0.001)
     assert (config.trainer.epochs, config.trainer.batch_size, config.trainer.seed) == (50, 100, 0)
 
 

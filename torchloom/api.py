@@ -293,6 +293,11 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
             "data": data.spec,
             "model": _model_section(model, config),
             "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
+            "optimizer": {
+                "name": config.optimizer.name,
+                **config.optimizer.options,
+                "lr": optimizer.defaults["lr"],
+            },
         }
         atomic_write_text(run_dir / "config.yaml", to_yaml(config, resolved))
         atomic_write_json(run_dir / "preprocess.json", preprocess.to_json())

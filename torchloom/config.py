@@ -160,8 +160,8 @@ class OptimizerConfig(_NamedWithOptions):
     _kind = "optimizer"
     _registry = "optimizers"
     name: str = "sgd"
-    lr: float = Field(0.01, gt=0)
-    momentum: float | None = Field(0.9, ge=0)
+    lr: float | None = Field(None, gt=0)  # None: 0.01 for SGD, PyTorch's default otherwise
+    momentum: float | None = Field(0.9, ge=0)  # SGD and RMSprop only; ignored by Adam(W)
 
     @field_validator("name")
     @classmethod
@@ -173,6 +173,10 @@ class OptimizerConfig(_NamedWithOptions):
         options = super().options
         if options.get("momentum") is None or self.name not in ("sgd", "rmsprop"):
             options.pop("momentum", None)  # only SGD and RMSprop take momentum
+        if options.get("lr") is None:
+            options.pop("lr", None)
+            if self.name == "sgd":
+                options["lr"] = 0.01  # the tutorial's rate (PyTorch's SGD default is 0.001)
         return options
 
 
