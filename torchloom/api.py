@@ -24,8 +24,16 @@ from torchloom.run import Run
 from torchloom.tasks import TASKS, make_task
 from torchloom.train.callbacks import Callback, Dispatcher, EarlyStopping, History, TrainState
 from torchloom.train.checkpoint import Checkpoint
-from torchloom.train.loop import Evaluator, fit_loop
-from torchloom.train.sinks import JsonlSink, ProgressBar, TensorBoardSink
+from torchloom.train.loop import Evaluator, LoopParts, fit_loop
+from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
+from torchloom.train.step import (
+    SCHEDULERS,
+    GradientClipper,
+    autocast_factory,
+    grad_scaler,
+    make_schedule,
+    scheduler_problems,
+)
 
 RUN_FORMAT = 1
 
@@ -43,7 +51,15 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "drop_last": ("trainer", "drop_last"),
     "log_every": ("trainer", "log_every"),
     "val_every": ("trainer", "val_every"),
+    "val_every_steps": ("trainer", "val_every_steps"),
     "progress": ("trainer", "progress"),
+    "accumulate": ("trainer", "accumulate"),
+    "clip_norm": ("trainer", "clip_norm"),
+    "clip_value": ("trainer", "clip_value"),
+    "precision": ("trainer", "precision"),
+    "compile": ("trainer", "compile"),
+    "deterministic": ("trainer", "deterministic"),
+    "scheduler": ("scheduler",),
     "early_stopping": ("trainer", "early_stopping"),
     "output_dir": ("output", "dir"),
     "name": ("output", "name"),
@@ -65,6 +81,8 @@ def registries() -> dict:
         "losses": list(optim.LOSSES),
         "loss_options": optim.option_problems,
         "init": list(init_module.SCHEMES),
+        "schedulers": list(SCHEDULERS),
+        "scheduler_options": scheduler_problems,
     }
 
 
@@ -101,22 +119,29 @@ def fit(
         >>> run.evaluate("test")["accuracy"] > 0.9
         True
     """
+    config, model, data = from_options(model, data, options, "fit")
+    return _fit(model, data, config, list(callbacks))
+
+
+def from_options(model, data, options: dict, caller: str) -> tuple[Config, nn.Module, Data]:
+    """Validate `fit`-style keyword options into a `Config`; resolve a model name and plain
+    `(x, y)` arrays into objects."""
     unknown = [key for key in options if key not in FIT_OPTIONS]
     if unknown:
         raise TypeError(
-            f"fit() got an unexpected option '{unknown[0]}'.{did_you_mean(unknown[0], FIT_OPTIONS)}"
-            f" Options: {', '.join(FIT_OPTIONS)}."
+            f"{caller}() got an unexpected option '{unknown[0]}'."
+            f"{did_you_mean(unknown[0], FIT_OPTIONS)} Options: {', '.join(FIT_OPTIONS)}."
         )
     raw: dict = {"output": {"dir": None}, "trainer": {}}
     for key, value in options.items():
-        if key in ("loss", "optimizer", "init") and isinstance(value, str):
+        if key in ("loss", "optimizer", "init", "scheduler") and isinstance(value, str):
             value = {"scheme" if key == "init" else "name": value}
         *sections, field = FIT_OPTIONS[key]
         node = raw
         for section in sections:
             node = node.setdefault(section, {})
         node[field] = value
-    config = validate(raw, context=registries(), source="fit() options")
+    config = validate(raw, context=registries(), source=f"{caller}() options")
     if isinstance(model, str):
         model = models.build(model)
     if isinstance(data, tuple | list):
@@ -129,7 +154,7 @@ def fit(
             test=config.data.test,
             seed=config.trainer.seed,
         )
-    return _fit(model, data, config, list(callbacks))
+    return config, model, data
 
 
 def fit_config(
@@ -200,7 +225,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _model_section(model: nn.Module, config: Config) -> dict:
+def _model_section(model: nn.Module) -> dict:
     """How to rebuild the model: its zoo name and options with every default written out."""
     spec = getattr(model, "torchloom_build", None)
     if spec is None:
@@ -223,20 +248,90 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
     seed_everything(trainer.seed)
     device = resolve_device(trainer.device)
 
-    # --- check everything before anything is written -------------------------------------
-    task_name = config.task or data.task
-    if task_name not in TASKS:
-        raise ConfigError([f"task: unknown task '{task_name}'"], source="config")
-    if config.task and config.task != data.task:
-        raise DataError(
-            f"task: '{config.task}' was asked for, but the data '{data.name}' is {data.task} "
-            "data. Remove task or change the data."
-        )
-    task = make_task(task_name, num_outputs=data.num_outputs, classes=data.classes)
-    for split_name in ("train", "val", "test"):
-        split = getattr(data, split_name)
-        if split is not None:
-            task.check_targets(split.targets, f"{data.name} {split_name} targets")
+    # --- check and build everything before anything is written -------------------------------
+    task, data_on_device, model, loss_fn, optimizer, loader = prepare(model, data, config, device)
+    steps_per_epoch = -(-len(loader) // trainer.accumulate)
+    monitor = _check_monitors(config, task, data)
+    parts = LoopParts(
+        loss_fn=loss_fn,
+        evaluate=Evaluator(task, loss_fn, trainer.batch_size, device),
+        val_split=data_on_device.val,
+        forward=torch.compile(model) if trainer.compile else model,
+        autocast=autocast_factory(trainer.precision, device),
+        scaler=grad_scaler(trainer.precision, device),
+        clip=GradientClipper(trainer.clip_norm, trainer.clip_value),
+        schedule=make_schedule(
+            config.scheduler.name,
+            config.scheduler.options,
+            optimizer,
+            steps_per_epoch,
+            trainer.epochs,
+        ),
+        accumulate=trainer.accumulate,
+        log_every=trainer.log_every,
+        val_every=trainer.val_every,
+        val_every_steps=trainer.val_every_steps,
+    )
+
+    # --- the run directory ------------------------------------------------------------------
+    preprocess = data.preprocess
+    preprocess.extra.update(
+        {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    )
+    run_dir = _make_run_dir(output.dir, output.name, model, data) if output.dir else None
+    if run_dir is not None:
+        resolved = {
+            "task": task.name,
+            "data": data.spec,
+            "model": _model_section(model),
+            "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
+            "optimizer": {
+                "name": config.optimizer.name,
+                **config.optimizer.options,
+                "lr": optimizer.defaults["lr"],
+            },
+        }
+        atomic_write_text(run_dir / "config.yaml", to_yaml(config, resolved))
+        atomic_write_json(run_dir / "preprocess.json", preprocess.to_json())
+
+    # --- callbacks and the loop ---------------------------------------------------------------
+    state = TrainState(
+        model=model,
+        optimizer=optimizer,
+        num_epochs=trainer.epochs,
+        steps_per_epoch=steps_per_epoch,
+        run_dir=run_dir,
+        batch_size=trainer.batch_size,
+    )
+    built_in = _built_in_callbacks(config, run_dir, monitor)
+    started = time.perf_counter()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(trainer.deterministic or deterministic_before)
+    try:
+        fit_loop(state, loader, parts, Dispatcher(built_in + list(callbacks)))
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+    model.eval()
+    run = Run(
+        model=model,
+        task=task,
+        loss_fn=loss_fn,
+        config=config,
+        preprocess=preprocess,
+        data=data_on_device,
+        history=state.history,
+        directory=run_dir,
+    )
+    if run_dir is not None:
+        _finish_run_dir(run, state, time.perf_counter() - started)
+    return run
+
+
+def prepare(model: nn.Module, data: Data, config: Config, device: torch.device) -> tuple:
+    """Check the data against the task, size and initialize the model, build the loss, the
+    optimizer and the loader. Returns (task, data on device, model, loss, optimizer, loader)."""
+    trainer = config.trainer
+    task = _task_for(config, data)
     data_on_device = data.to(device)
     model = model.to(device)
     models.materialize(model, data_on_device.train.features[:2], data.num_outputs)
@@ -259,63 +354,59 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
             f"trainer.batch_size {trainer.batch_size} with drop_last leaves no batch from "
             f"{len(data.train)} training samples. Lower batch_size or set drop_last: false."
         )
+    return task, data_on_device, model, loss_fn, optimizer, loader
+
+
+def _task_for(config: Config, data: Data):
+    """The task the config asks for (or the data implies), checked against the targets."""
+    task_name = config.task or data.task
+    if task_name not in TASKS:
+        raise ConfigError([f"task: unknown task '{task_name}'"], source="config")
+    if config.task and config.task != data.task:
+        raise DataError(
+            f"task: '{config.task}' was asked for, but the data '{data.name}' is {data.task} "
+            "data. Remove task or change the data."
+        )
+    task = make_task(task_name, num_outputs=data.num_outputs, classes=data.classes)
+    for split_name in ("train", "val", "test"):
+        split = getattr(data, split_name)
+        if split is not None:
+            task.check_targets(split.targets, f"{data.name} {split_name} targets")
+    return task
+
+
+def _check_monitors(config: Config, task, data: Data) -> str:
+    """Every metric name the config monitors must be logged; returns the checkpoint monitor."""
     logged = {"train/loss", "lr"}
     if data.val is not None:
         logged |= {"val/loss", *(f"val/{name}" for name in task.metric_names())}
-    problems = []
-    if trainer.early_stopping is not None and trainer.early_stopping.monitor not in logged:
-        stop = trainer.early_stopping.monitor
-        problems.append(
-            f"trainer.early_stopping.monitor: '{stop}' is not logged.{did_you_mean(stop, logged)}"
-            f" Logged: {', '.join(sorted(logged))}."
-        )
-    monitor = output.monitor
-    if monitor not in logged:
-        if data.val is None and monitor.startswith("val/"):
-            monitor = "train/loss"  # no validation split: the best checkpoint is by train loss
-        else:
-            problems.append(
-                f"output.monitor: '{monitor}' is not logged.{did_you_mean(monitor, logged)}"
-                f" Logged: {', '.join(sorted(logged))}."
-            )
+    wanted = []
+    if config.trainer.early_stopping is not None:
+        wanted.append(("trainer.early_stopping.monitor", config.trainer.early_stopping.monitor))
+    if config.scheduler.name == "plateau":
+        wanted.append(("scheduler.monitor", config.scheduler.options.get("monitor", "val/loss")))
+    monitor = config.output.monitor
+    if data.val is None and monitor.startswith("val/"):
+        monitor = "train/loss"  # no validation split: the best checkpoint is by train loss
+    wanted.append(("output.monitor", monitor))
+    problems = [
+        f"{field}: '{name}' is not logged.{did_you_mean(name, logged)}"
+        f" Logged: {', '.join(sorted(logged))}."
+        for field, name in wanted
+        if name not in logged
+    ]
     if problems:
         raise ConfigError(problems, source="config")
+    return monitor
 
-    # --- the run directory ------------------------------------------------------------------
-    preprocess = data.preprocess
-    preprocess.extra.update(
-        {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
-    )
-    run_dir = _make_run_dir(output.dir, output.name, model, data) if output.dir else None
-    if run_dir is not None:
-        resolved = {
-            "task": task_name,
-            "data": data.spec,
-            "model": _model_section(model, config),
-            "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
-            "optimizer": {
-                "name": config.optimizer.name,
-                **config.optimizer.options,
-                "lr": optimizer.defaults["lr"],
-            },
-        }
-        atomic_write_text(run_dir / "config.yaml", to_yaml(config, resolved))
-        atomic_write_json(run_dir / "preprocess.json", preprocess.to_json())
 
-    # --- callbacks and the loop ---------------------------------------------------------------
-    state = TrainState(
-        model=model,
-        optimizer=optimizer,
-        num_epochs=trainer.epochs,
-        steps_per_epoch=len(loader),
-        run_dir=run_dir,
-        batch_size=trainer.batch_size,
-    )
+def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> list[Callback]:
+    trainer, output = config.trainer, config.output
     built_in: list[Callback] = [History()]
     if trainer.early_stopping is not None:
         built_in.append(EarlyStopping(**trainer.early_stopping.model_dump()))
     if run_dir is not None:
-        built_in.append(JsonlSink(run_dir / "metrics.jsonl"))
+        built_in += [JsonlSink(run_dir / "metrics.jsonl"), CsvSink(run_dir / "metrics.csv")]
         if output.tensorboard:
             built_in.append(TensorBoardSink(run_dir))
         if output.checkpoints:
@@ -324,43 +415,27 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
             )
     if trainer.progress:
         built_in.append(ProgressBar())
-    evaluator = Evaluator(task, loss_fn, trainer.batch_size, device)
-    started = time.perf_counter()
-    fit_loop(
-        state,
-        loader,
-        loss_fn,
-        evaluate=evaluator,
-        val_split=data_on_device.val,
-        log_every=trainer.log_every,
-        val_every=trainer.val_every,
-        notify=Dispatcher(built_in + list(callbacks)),
-    )
-    model.eval()
-    run = Run(
-        model=model,
-        task=task,
-        loss_fn=loss_fn,
-        config=config,
-        preprocess=preprocess,
-        data=data_on_device,
-        history=state.history,
-        directory=run_dir,
-    )
-    if run_dir is not None:
-        save_tensors(run_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
-        summary = {
-            "format": RUN_FORMAT,
-            "task": task_name,
-            "epochs": len(state.history),
-            "steps": state.step,
-            "seconds": round(time.perf_counter() - started, 3),
-            "final": state.history[-1] if state.history else {},
-        }
-        if data.test is not None:
-            summary["test"] = run.evaluate("test")
-        atomic_write_json(run_dir / "summary.json", summary)
-    return run
+    return built_in
+
+
+def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
+    """Final weights, the summary with test metrics, plots and the report."""
+    from torchloom.report import write_report
+
+    run_dir = run.dir
+    save_tensors(run_dir / "model.safetensors", run.model.state_dict(), {"format": "pt"})
+    summary = {
+        "format": RUN_FORMAT,
+        "task": run.task.name,
+        "epochs": len(state.history),
+        "steps": state.step,
+        "seconds": round(seconds, 3),
+        "final": state.history[-1] if state.history else {},
+    }
+    if run.data.test is not None:
+        summary["test"] = run.evaluate("test")
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_report(run, summary)
 
 
 def _make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> Path:

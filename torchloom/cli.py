@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   torchloom evaluate runs/mlp-digits-20261127-101500 --json
   torchloom predict runs/mlp-digits-20261127-101500 new_samples.csv -o predictions.csv
   torchloom summary examples/wine_layers.yaml
+  torchloom lr-find examples/digits_mlp.yaml --plot lr.png
 """
 
 
@@ -49,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("input", metavar="INPUT")
     predict.add_argument("-o", "--output", help="write a CSV here (default: print to stdout)")
 
+    finder = commands.add_parser(
+        "lr-find",
+        help="learning-rate range test: plot loss against rate and suggest one",
+        description="Sweep the learning rate exponentially with the config's model, loss and "
+        "optimizer; the model is not trained by it.",
+    )
+    finder.add_argument("arguments", nargs="*", metavar="[CONFIG] [key=value ...]")
+    finder.add_argument("--plot", default="lr_find.png", help="PNG to write (default: %(default)s)")
+    finder.add_argument("--start-lr", type=float, default=1e-6)
+    finder.add_argument("--end-lr", type=float, default=10.0)
+    finder.add_argument("--steps", type=int, default=200)
+
     summary = commands.add_parser("summary", help="layers, output shapes and parameter counts")
     summary.add_argument("arguments", nargs="*", metavar="[CONFIG] [key=value ...]")
     return parser
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchloom import commands
     from torchloom.errors import TorchloomError
 
-    handler = getattr(commands, args.command)
+    handler = getattr(commands, args.command.replace("-", "_"))
     try:
         return handler(args) or 0
     except TorchloomError as error:

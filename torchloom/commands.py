@@ -60,6 +60,33 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def lr_find(args: argparse.Namespace) -> int:
+    from torchloom.lr_finder import lr_find_config
+
+    path, overrides = split_config_arguments(args.arguments)
+    result = lr_find_config(
+        path,
+        overrides,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        num_steps=args.steps,
+        plot=args.plot,
+    )
+    lowest = min(range(len(result.losses)), key=result.losses.__getitem__)
+    console.print(
+        f"swept {len(result.losses)} steps from {result.learning_rates[0]:.2g} to "
+        f"{result.learning_rates[-1]:.3g}; lowest loss {result.losses[lowest]:.4f} at "
+        f"lr {result.learning_rates[lowest]:.3g}"
+    )
+    console.print(f"suggested learning rate: [bold]{result.suggestion:.4g}[/bold]")
+    console.print(f"plot: {result.plot}")
+    command = " ".join(
+        ["torchloom train", *([path] if path else []), f"optimizer.lr={result.suggestion:.4g}"]
+    )
+    console.print(f"train with it: {command}")
+    return 0
+
+
 def summary(args: argparse.Namespace) -> int:
 
     from torchloom import models

@@ -180,6 +180,33 @@ class OptimizerConfig(_NamedWithOptions):
         return options
 
 
+class SchedulerConfig(Section):
+    """A learning-rate schedule by name with its options, e.g. `{name: cosine, warmup_steps: 50}`;
+    `name: null` keeps the rate constant."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_scheduler(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_name("scheduler", "schedulers", value, info)
+
+    @model_validator(mode="after")
+    def _known_options(self, info: ValidationInfo) -> SchedulerConfig:
+        context = info.context or {}
+        check = context.get("scheduler_options")
+        if check is not None and self.name in context.get("schedulers", ()):
+            problems = check(self.name, self.options)
+            if problems:
+                raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def options(self) -> dict:
+        return dict(self.model_extra or {})
+
+
 class EarlyStoppingConfig(Section):
     monitor: str = "val/loss"
     patience: int = Field(5, ge=1)
@@ -197,8 +224,20 @@ class TrainerConfig(Section):
     drop_last: bool = False
     log_every: int = Field(50, ge=1, description="optimizer steps between loss logs")
     val_every: int = Field(1, ge=1, description="epochs between validations")
+    val_every_steps: int | None = Field(None, ge=1, description="also validate every N steps")
     progress: bool = True
     early_stopping: EarlyStoppingConfig | None = None
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    clip_norm: float | None = Field(None, gt=0)
+    clip_value: float | None = Field(None, gt=0)
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    compile: bool = False
+    deterministic: bool = False
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
 
     @field_validator("device")
     @classmethod
@@ -227,6 +266,7 @@ class Config(Section):
     init: InitConfig = InitConfig()
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
 

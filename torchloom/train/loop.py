@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -9,6 +13,7 @@ from torchmetrics import MetricCollection
 from torchloom.data import BatchLoader, Split
 from torchloom.tasks import Task
 from torchloom.train.callbacks import Dispatcher, TrainState
+from torchloom.train.step import GradientClipper, Schedule, accumulation_weights
 
 
 class Evaluator:
@@ -35,63 +40,100 @@ class Evaluator:
                 targets = split.targets[start : start + self.batch_size]
                 outputs = model(inputs)
                 # The loss is a batch mean; weight it by the batch's size for the split's mean.
-                total_loss += self.loss_fn(outputs, targets) * len(targets)
-                self.metrics.update(outputs, targets)
+                total_loss += self.loss_fn(outputs, targets).float() * len(targets)
+                self.metrics.update(outputs.float(), targets)
         model.train(was_training)
         results = {"loss": float(total_loss) / len(split)}
         results.update(self.task.flatten(self.metrics.compute()))
         return results
 
 
-def fit_loop(
-    state: TrainState,
-    loader: BatchLoader,
-    loss_fn: nn.Module,
-    *,
-    evaluate: Evaluator,
-    val_split: Split | None,
-    log_every: int,
-    val_every: int,
-    notify: Dispatcher,
-) -> TrainState:
-    """Train `state.model` with `state.optimizer` for `state.num_epochs` epochs.
+@dataclass
+class LoopParts:
+    """Everything the loop uses besides the state; the optional parts are no-ops when off."""
 
-    The step is written out: zero_grad, forward, loss, backward, step. The loss stays on the
-    device; it reaches the host only every `log_every` steps and once per epoch.
+    loss_fn: nn.Module
+    evaluate: Evaluator
+    val_split: Split | None
+    forward: nn.Module  # the model, or its torch.compile'd wrapper (same parameters)
+    autocast: Callable[[], AbstractContextManager] = nullcontext
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False)
+    )
+    clip: GradientClipper = field(default_factory=GradientClipper)
+    schedule: Schedule = field(default_factory=Schedule)
+    accumulate: int = 1
+    log_every: int = 50
+    val_every: int = 1
+    val_every_steps: int | None = None
+
+
+def fit_loop(state: TrainState, loader: BatchLoader, parts: LoopParts, notify: Dispatcher):
+    """Train `state.model` with `state.optimizer` from `state.epoch` to `state.num_epochs`.
+
+    The step is written out: zero_grad, forward, loss, backward, step. With `accumulate` k, the
+    gradients of k micro-batches add up before one optimizer step. The loss stays on the device;
+    it reaches the host only every `log_every` optimizer steps and once per epoch.
     """
-    model, optimizer = state.model, state.optimizer
+    model, optimizer, scaler = state.model, state.optimizer, parts.scaler
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    full, rest = divmod(loader.num_samples, loader.batch_size)
+    sizes = [loader.batch_size] * full + ([rest] if rest and not loader.drop_last else [])
+    weights = accumulation_weights(sizes, parts.accumulate)
+    last_batch = len(sizes) - 1
     notify("on_fit_start", state)
     for epoch in range(state.epoch, state.num_epochs):
         state.epoch = epoch
         model.train()
         notify("on_epoch_start", state)
         batch_losses: list[torch.Tensor] = []
-        batch_sizes: list[int] = []
-        for inputs, targets in loader:
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(inputs)  # (batch, num_outputs)
-            loss = loss_fn(outputs, targets)
-            loss.backward()
-            notify("on_after_backward", state)
-            optimizer.step()
-            state.step += 1
+        for batch_index, (inputs, targets) in enumerate(loader):
+            if batch_index % parts.accumulate == 0:
+                optimizer.zero_grad(set_to_none=True)
+            with parts.autocast():
+                outputs = parts.forward(inputs)  # (batch, num_outputs)
+                loss = parts.loss_fn(outputs, targets)  # the batch mean
+            weight = weights[batch_index]  # 1.0 unless accumulating
+            scaler.scale(loss if weight == 1.0 else loss * weight).backward()
             batch_losses.append(loss.detach())
-            batch_sizes.append(len(targets))
-            if state.step % log_every == 0:  # the only per-step host sync, at log intervals
-                state.step_logs = {"train/loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+            if (batch_index + 1) % parts.accumulate and batch_index != last_batch:
+                continue  # more micro-batches to add to this step's gradients
+            notify("on_after_backward", state)
+            log_now = (state.step + 1) % parts.log_every == 0
+            scaler.unscale_(optimizer)  # clip and log true gradients under fp16
+            grad_norm = parts.clip(parameters, want_norm=log_now)
+            scaler.step(optimizer)
+            scaler.update()
+            rate = optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
+            parts.schedule.after_step()
+            state.step += 1
+            if log_now:  # the only per-step host sync, at log intervals
+                state.step_logs = {"train/loss": loss.item(), "lr": rate}
+                if grad_norm is not None:
+                    state.step_logs["grad_norm"] = grad_norm.item()
+            if parts.val_every_steps and state.step % parts.val_every_steps == 0:
+                state.step_logs = {**(state.step_logs or {}), **validate(model, parts)}
             notify("on_batch_end", state)
             state.step_logs = None
 
         # The epoch's training loss: the mean over samples of the batch-mean losses.
-        weights = torch.tensor(batch_sizes, dtype=torch.float32, device=batch_losses[0].device)
-        train_loss = float((torch.stack(batch_losses).float() * weights).sum() / weights.sum())
-        state.logs = {"epoch": epoch + 1, "train/loss": train_loss}
-        state.logs["lr"] = optimizer.param_groups[0]["lr"]
-        if val_split is not None and (epoch + 1) % val_every == 0:
-            results = evaluate(model, val_split)
-            state.logs.update({f"val/{key}": value for key, value in results.items()})
+        sample_counts = torch.tensor(sizes, dtype=torch.float32, device=batch_losses[0].device)
+        train_loss = float((torch.stack(batch_losses).float() * sample_counts).sum() / sum(sizes))
+        state.logs = {"epoch": epoch + 1, "train/loss": train_loss, "lr": rate}
+        if (epoch + 1) % parts.val_every == 0:
+            state.logs.update(validate(model, parts))
+        parts.schedule.after_epoch(state.logs)
         notify("on_epoch_end", state)
         if state.stop:
             break
     notify("on_fit_end", state)
     return state
+
+
+def validate(model: nn.Module, parts: LoopParts) -> dict[str, float]:
+    """Validation metrics as `val/<name>` keys (empty without a validation split)."""
+    if parts.val_split is None:
+        return {}
+    with parts.autocast():
+        results = parts.evaluate(model, parts.val_split)
+    return {f"val/{key}": value for key, value in results.items()}

@@ -42,6 +42,27 @@ class JsonlSink(Callback):
             self.file = None
 
 
+class CsvSink(Callback):
+    """`metrics.csv`: one row per epoch, one column per logged key, rewritten atomically."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        import csv
+        import io
+
+        from torchloom.io import atomic_write_text
+
+        rows = state.history  # History runs first, so this epoch is already in it
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
 class TensorBoardSink(Callback):
     """Writes every logged scalar to TensorBoard event files in the run directory."""
 
