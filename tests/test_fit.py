@@ -190,15 +190,15 @@ def test_run_directory_holds_every_promised_file(tmp_path, digits):
     assert all(torch.equal(weights[k], v) for k, v in run.model.state_dict().items())
     checkpoints = sorted(p.name for p in (run.dir / "checkpoints").iterdir() if p.is_dir())
     best = json.loads((run.dir / "checkpoints" / "best.json").read_text())["checkpoint"]
-    assert checkpoints == sorted({"epoch-0002", "epoch-0003", best})
-    state = load_checkpoint(run.dir / "checkpoints" / "epoch-0003")
+    assert checkpoints == sorted({"step-00000026", "step-00000039", best})
+    state = load_checkpoint(run.dir / "checkpoints" / "step-00000039")
     assert state["state"]["epoch"] == 3 and state["state"]["step"] == 3 * 13
     assert all(torch.equal(state["model"][k], v) for k, v in run.model.state_dict().items())
     restored = torch.optim.SGD(run.model.parameters(), lr=0.01, momentum=0.9)
     restored.load_state_dict(state["optimizer"])
     assert torch.equal(
         restored.state_dict()["state"][0]["momentum_buffer"],
-        load_file(run.dir / "checkpoints" / "epoch-0003" / "optimizer.safetensors")[
+        load_file(run.dir / "checkpoints" / "step-00000039" / "optimizer.safetensors")[
             "0.momentum_buffer"
         ],
     )
@@ -206,7 +206,7 @@ def test_run_directory_holds_every_promised_file(tmp_path, digits):
 
 def test_corrupt_checkpoint_is_named(tmp_path, digits):
     run = tl.fit("mlp", digits, epochs=1, progress=False, output_dir=str(tmp_path), name="c")
-    weights = run.dir / "checkpoints" / "epoch-0001" / "model.safetensors"
+    weights = run.dir / "checkpoints" / "step-00000013" / "model.safetensors"
     payload = bytearray(weights.read_bytes())
     payload[-5] ^= 0xFF
     weights.write_bytes(bytes(payload))
@@ -223,7 +223,7 @@ def test_tensorboard_reader_finds_train_and_val_scalars(tmp_path, digits):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/accuracy", "lr", "step/train/loss"} <= tags
     val_loss = events.Scalars("val/loss")
-    assert [e.step for e in val_loss] == [1, 2, 3]
+    assert [e.step for e in val_loss] == [13, 26, 39]  # x axis: optimizer steps
     assert val_loss[-1].value == pytest.approx(run.history[-1]["val/loss"], rel=1e-6)
 
 

@@ -238,7 +238,7 @@ def test_compiled_model_checkpoints_load_into_a_plain_model(tmp_path, digits):
     run = tl.fit("mlp", digits, compile=True, epochs=2, progress=False, output_dir=str(tmp_path))
     from torchloom.train.checkpoint import load_checkpoint
 
-    state = load_checkpoint(run.dir / "checkpoints" / "epoch-0002")
+    state = load_checkpoint(run.dir / "checkpoints" / "step-00000026")
     assert not any(key.startswith("_orig_mod.") for key in state["model"])
     plain = tl.models.build("mlp", in_features=64, num_outputs=10)
     plain.load_state_dict(state["model"])

@@ -20,6 +20,7 @@ _LAZY = {
     "fit": ("torchloom.api", "fit"),
     "fit_config": ("torchloom.api", "fit_config"),
     "load_run": ("torchloom.api", "load_run"),
+    "resume": ("torchloom.api", "resume"),
     "lr_find": ("torchloom.lr_finder", "lr_find"),
     "Run": ("torchloom.run", "Run"),
     "Callback": ("torchloom.train.callbacks", "Callback"),

@@ -12,18 +12,28 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from torchloom import __version__, models, optim
 from torchloom import config as config_module
 from torchloom import data as data_module
 from torchloom import init as init_module
-from torchloom import models, optim
 from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
 from torchloom.data import BatchLoader, Data, Preprocess
 from torchloom.errors import DataError, TorchloomError, did_you_mean
 from torchloom.io import atomic_write_json, atomic_write_text, save_tensors
 from torchloom.run import Run
 from torchloom.tasks import TASKS, make_task
-from torchloom.train.callbacks import Callback, Dispatcher, EarlyStopping, History, TrainState
-from torchloom.train.checkpoint import Checkpoint
+from torchloom.train.callbacks import (
+    Callback,
+    Dispatcher,
+    EarlyStopping,
+    History,
+    InterruptHandler,
+    NonFiniteError,
+    TrainingInterrupted,
+    TrainState,
+    catch_interrupts,
+)
+from torchloom.train.checkpoint import Checkpoint, find_resumable, restore
 from torchloom.train.loop import Evaluator, LoopParts, fit_loop
 from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
 from torchloom.train.step import (
@@ -242,8 +252,18 @@ def _model_section(model: nn.Module) -> dict:
     return {"name": spec["name"], **defaults, **options}
 
 
-def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]) -> Run:
-    """Everything `fit` does once it has objects: checks, setup, the loop, the run directory."""
+def _fit(
+    model: nn.Module,
+    data: Data,
+    config: Config,
+    callbacks: list[Callback],
+    resume_dir: Path | None = None,
+) -> Run:
+    """Everything `fit` does once it has objects: checks, setup, the loop, the run directory.
+
+    With `resume_dir`, the newest complete checkpoint there is restored and training continues
+    in that directory exactly as if it had never stopped.
+    """
     trainer, output = config.trainer, config.output
     seed_everything(trainer.seed)
     device = resolve_device(trainer.device)
@@ -271,16 +291,21 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
         log_every=trainer.log_every,
         val_every=trainer.val_every,
         val_every_steps=trainer.val_every_steps,
+        skip_nonfinite=trainer.nonfinite == "skip",
     )
+    checkpoint = None
+    if resume_dir is not None:
+        folder, checkpoint = find_resumable(resume_dir / "checkpoints")
 
     # --- the run directory ------------------------------------------------------------------
     preprocess = data.preprocess
-    preprocess.extra.update(
-        {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
-    )
-    run_dir = _make_run_dir(output.dir, output.name, model, data) if output.dir else None
-    if run_dir is not None:
+    shape = {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    preprocess.extra.update(shape)
+    run_dir = resume_dir
+    if run_dir is None and output.dir:
+        run_dir = _make_run_dir(output.dir, output.name, model, data)
         resolved = {
+            "format": RUN_FORMAT,
             "task": task.name,
             "data": data.spec,
             "model": _model_section(model),
@@ -302,27 +327,50 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
         steps_per_epoch=steps_per_epoch,
         run_dir=run_dir,
         batch_size=trainer.batch_size,
+        loader=loader,
+        schedule=parts.schedule,
+        scaler=parts.scaler,
+        accumulate=trainer.accumulate,
     )
-    built_in = _built_in_callbacks(config, run_dir, monitor)
+    state.callbacks = _built_in_callbacks(config, run_dir, monitor) + list(callbacks)
+    if checkpoint is not None:
+        restore(state, checkpoint)  # RNG states last: nothing below draws random numbers
     started = time.perf_counter()
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(trainer.deterministic or deterministic_before)
     try:
-        fit_loop(state, loader, parts, Dispatcher(built_in + list(callbacks)))
+        with catch_interrupts(state):
+            fit_loop(state, parts, Dispatcher(state.callbacks))
+    except NonFiniteError as error:
+        error.run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
-    model.eval()
+    run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
+    if state.stop_now:
+        where = f"; resume with: torchloom train --resume {run_dir}" if run_dir else ""
+        raise TrainingInterrupted(
+            f"stopped at step {state.step} (epoch {state.epoch + 1}){where}",
+            run,
+            state.interrupt_requested,
+        )
+    return run
+
+
+def _finish(state, task, loss_fn, config, preprocess, data, started) -> Run:
+    """The Run object, and the run directory's final files."""
+    state.model.eval()
     run = Run(
-        model=model,
+        model=state.model,
         task=task,
         loss_fn=loss_fn,
         config=config,
         preprocess=preprocess,
-        data=data_on_device,
+        data=data,
         history=state.history,
-        directory=run_dir,
+        directory=state.run_dir,
     )
-    if run_dir is not None:
+    if state.run_dir is not None:
         _finish_run_dir(run, state, time.perf_counter() - started)
     return run
 
@@ -405,16 +453,23 @@ def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> l
     built_in: list[Callback] = [History()]
     if trainer.early_stopping is not None:
         built_in.append(EarlyStopping(**trainer.early_stopping.model_dump()))
+    checkpoint = None
     if run_dir is not None:
         built_in += [JsonlSink(run_dir / "metrics.jsonl"), CsvSink(run_dir / "metrics.csv")]
         if output.tensorboard:
             built_in.append(TensorBoardSink(run_dir))
         if output.checkpoints:
-            built_in.append(
-                Checkpoint(run_dir / "checkpoints", output.keep_last, monitor, output.mode)
+            checkpoint = Checkpoint(
+                run_dir / "checkpoints",
+                output.keep_last,
+                monitor,
+                output.mode,
+                output.checkpoint_every_steps,
             )
+            built_in.append(checkpoint)
     if trainer.progress:
         built_in.append(ProgressBar())
+    built_in.append(InterruptHandler(checkpoint))  # last: sees every other callback's work
     return built_in
 
 
@@ -423,19 +478,25 @@ def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
     from torchloom.report import write_report
 
     run_dir = run.dir
-    save_tensors(run_dir / "model.safetensors", run.model.state_dict(), {"format": "pt"})
+    finite = all(bool(torch.isfinite(t).all()) for t in run.model.state_dict().values())
+    status = "interrupted" if state.stop_now else "completed" if finite else "diverged"
+    if status == "completed":  # never save non-finite weights, nor a half-trained final model
+        save_tensors(run_dir / "model.safetensors", run.model.state_dict(), {"format": "pt"})
     summary = {
         "format": RUN_FORMAT,
+        "status": status,
         "task": run.task.name,
         "epochs": len(state.history),
         "steps": state.step,
+        "skipped_steps": state.skipped_steps,
         "seconds": round(seconds, 3),
         "final": state.history[-1] if state.history else {},
     }
-    if run.data.test is not None:
+    if status == "completed" and run.data.test is not None:
         summary["test"] = run.evaluate("test")
     atomic_write_json(run_dir / "summary.json", summary)
-    write_report(run, summary)
+    if state.history:
+        write_report(run, summary)
 
 
 def _make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> Path:
@@ -454,6 +515,56 @@ def _make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> 
     raise TorchloomError(f"output.dir: cannot create a run directory under {root}.")
 
 
+def read_run_config(run_dir: Path, model: nn.Module | None) -> tuple[Config, nn.Module, bool]:
+    """A run directory's config, its model (rebuilt from the zoo, or `model`), and whether its
+    data has a source to reload (runs on in-memory arrays have none).
+
+    Raises:
+        TorchloomError: not a run directory, a run from a newer torchloom, a custom model not
+            given.
+    """
+    if not (run_dir / "config.yaml").is_file():
+        raise TorchloomError(
+            f"{run_dir}: not a run directory (no config.yaml). Give the folder `torchloom train` "
+            "printed at the end of training."
+        )
+    raw = config_module.read_yaml(run_dir / "config.yaml")
+    version = raw.pop("format", 1)
+    if not isinstance(version, int) or version > RUN_FORMAT:
+        raise TorchloomError(
+            f"{run_dir}: written by a newer torchloom (run format {version}); this version "
+            f"({__version__}) reads formats up to {RUN_FORMAT}. Upgrade torchloom."
+        )
+    model_section = dict(raw.pop("model", None) or {})
+    if model is None:
+        if model_section.get("name") == "custom":
+            raise TorchloomError(
+                f"{run_dir} was trained on your own module {model_section.get('class')}; pass "
+                "an instance: load_run(run_dir, model=MyModule())."
+            )
+        name = model_section.pop("name", "mlp")
+        model = models.build(name, **model_section)
+    has_source = (raw.get("data") or {}).get("name") in data_module.names()
+    if not has_source:
+        raw.pop("data", None)
+    config = validate(raw, context=registries(), source=str(run_dir / "config.yaml"))
+    return config, model, has_source
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file; anything else (a pickle) is refused, never run."""
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise TorchloomError(f"{path}: missing. Was the run completed?") from None
+    except Exception as error:  # safetensors raises its own error types for malformed files
+        raise TorchloomError(
+            f"{path}: not a readable safetensors file ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). torchloom loads weights only "
+            "from safetensors, never from pickle."
+        ) from None
+
+
 def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool = True) -> Run:
     """Rebuild a run from its directory: config.yaml + model.safetensors + preprocess.json.
 
@@ -465,39 +576,25 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         data: reload the data (for `evaluate`); False skips it (for `predict`).
 
     Raises:
-        TorchloomError: a missing or unreadable file, or a custom model not given.
+        TorchloomError: a missing, unreadable or too new file, or a custom model not given.
     """
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "model.safetensors", "preprocess.json"):
+    config, model, has_source = read_run_config(run_dir, model)
+    for name in ("model.safetensors", "preprocess.json"):
         if not (run_dir / name).is_file():
             raise TorchloomError(
-                f"{run_dir}: not a run directory (no {name}). Give the folder `torchloom train` "
-                "printed at the end of training."
+                f"{run_dir}: no {name}; the run did not complete (see summary.json). "
+                f"Resume it with: torchloom train --resume {run_dir}"
             )
-    raw = config_module.read_yaml(run_dir / "config.yaml")
-    model_section = raw.get("model", {})
     preprocess = Preprocess.from_json(json.loads((run_dir / "preprocess.json").read_text()))
-    if model is None:
-        if model_section.get("name") == "custom":
-            raise TorchloomError(
-                f"{run_dir} was trained on your own module {model_section.get('class')}; pass "
-                "an instance: load_run(run_dir, model=MyModule())."
-            )
-        options = {k: v for k, v in model_section.items() if k != "name"}
-        model = models.build(model_section["name"], **options)
-    # The model is rebuilt above; data from arrays has no source to reload.
-    data_section = raw.get("data", {})
-    has_source = data_section.get("name") in data_module.names()
-    rest = {k: v for k, v in raw.items() if k != "model" and (k != "data" or has_source)}
-    config = validate(rest, context=registries(), source=str(run_dir / "config.yaml"))
     task = make_task(
-        raw.get("task") or preprocess.task,
+        config.task or preprocess.task,
         num_outputs=preprocess.extra["num_outputs"],
         classes=preprocess.classes,
     )
     example = torch.zeros(2, *preprocess.extra["input_shape"])
     models.materialize(model, example, preprocess.extra["num_outputs"])
-    model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    model.load_state_dict(read_weights(run_dir / "model.safetensors"))
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loaded_data = load_data(config) if data and has_source else None
@@ -510,3 +607,35 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         data=loaded_data,
         directory=run_dir,
     )
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    data: Data | None = None,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
+) -> Run:
+    """Continue an interrupted run from its newest complete checkpoint, in the same directory.
+
+    The result equals the uninterrupted run bitwise on CPU: weights, optimizer, schedule,
+    loader position and every RNG state come back from the checkpoint.
+
+    Args:
+        run_dir: the run directory.
+        model: an instance of your own module class, for runs trained on a custom module.
+        data: the data, for runs trained on in-memory arrays (others reload their source).
+        callbacks: extra callbacks.
+
+    Raises:
+        TorchloomError: no loadable checkpoint (it never silently starts fresh).
+    """
+    run_dir = Path(run_dir)
+    config, model, has_source = read_run_config(run_dir, model)
+    if data is None:
+        if not has_source:
+            raise TorchloomError(
+                f"{run_dir} was trained on in-memory arrays; pass them: resume(run_dir, data=...)."
+            )
+        data = load_data(config)
+    return _fit(model, data, config, list(callbacks), resume_dir=run_dir)

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model. CONFIG is a YAML file; each key.sub=value overrides a field.",
     )
     train.add_argument("arguments", nargs="*", metavar="[CONFIG] [key=value ...]")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its newest complete checkpoint (no CONFIG needed)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained run on a split")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -85,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except TorchloomError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"interrupted: {interrupt}" if str(interrupt) else "interrupted", file=sys.stderr)
+        return 128 + getattr(interrupt, "signal", 2)  # 130 for SIGINT, 143 for SIGTERM
 
 
 if __name__ == "__main__":

@@ -20,7 +20,14 @@ console = Console()
 
 def train(args: argparse.Namespace) -> int:
     path, overrides = split_config_arguments(args.arguments)
-    run = api.fit_config(path, overrides)
+    if args.resume:
+        if path or overrides:
+            raise TorchloomError(
+                "--resume takes the run's own config; give no CONFIG or overrides with it."
+            )
+        run = api.resume(args.resume)
+    else:
+        run = api.fit_config(path, overrides)
     if run.data is not None and run.data.test is not None:
         print_metrics(run.evaluate("test"), "test", run.task.name)
     if run.dir is not None:

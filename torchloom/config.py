@@ -233,6 +233,7 @@ class TrainerConfig(Section):
     precision: Literal["32", "bf16", "fp16"] = "32"
     compile: bool = False
     deterministic: bool = False
+    nonfinite: Literal["stop", "skip"] = "stop"
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -253,6 +254,7 @@ class OutputConfig(Section):
     tensorboard: bool = True
     checkpoints: bool = True
     keep_last: int = Field(2, ge=1)
+    checkpoint_every_steps: int | None = Field(None, ge=1)
     monitor: str = "val/loss"
     mode: Mode = "auto"
 

@@ -46,6 +46,11 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown_name_message(kind: str, name: object, choices: Iterable[str]) -> str:
     """One line for an unknown registry name: what was given, what exists, the closest one."""
     choices = sorted(choices)
+    if isinstance(name, str) and any(mark in name for mark in (".", ":", "/")):
+        return (
+            f"unknown {kind} '{name}': it looks like an import path, and configs never import "
+            f"code; name a registered {kind}. Known: {', '.join(choices)}."
+        )
     return (
         f"unknown {kind} '{name}'.{did_you_mean(str(name), choices)} Known: {', '.join(choices)}."
     )

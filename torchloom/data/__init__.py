@@ -185,8 +185,24 @@ def from_arrays(
             preprocessing).
         classes: class names in index order; default "0", "1", ...
     """
-    features = _to_numpy(features, "features").astype(np.float32, copy=False)
+    features = _to_numpy(features, "features")
     targets = _to_numpy(targets, "targets")
+    if not (np.issubdtype(features.dtype, np.number) or features.dtype == bool):
+        raise DataError(
+            f"features: expected numbers, got an array of {features.dtype}. Encode text or "
+            "categories as numbers first."
+        )
+    if features.ndim < 2:
+        raise DataError(
+            f"features: expected shape (num_samples, ...), got {tuple(features.shape)}. "
+            "Reshape a single feature column to (n, 1)."
+        )
+    features = features.astype(np.float32, copy=False)
+    if not (np.issubdtype(targets.dtype, np.number) or targets.dtype == bool):
+        raise DataError(
+            f"targets: expected numbers, got an array of {targets.dtype}. Map labels to class "
+            "indices 0..num_classes-1."
+        )
     if len(features) != len(targets):
         raise DataError(
             f"features and targets differ in length: {len(features)} samples vs "
@@ -243,12 +259,20 @@ def split_table(table: Table, *, val: float, test: float, seed: int, standardize
     num_samples = len(table.features)
     if num_samples == 0:
         raise DataError(f"data '{table.name}' is empty: no samples to train on.")
-    missing = np.isnan(table.features.reshape(num_samples, -1))
+    flat = table.features.reshape(num_samples, -1)
+    missing = np.isnan(flat)
     if missing.any():
         row, column = (int(i) for i in np.argwhere(missing)[0])
         raise DataError(
             f"data '{table.name}': missing value (NaN) in feature '{table.feature_names[column]}' "
             f"at row {row}. Fill or drop missing values before training."
+        )
+    infinite = np.isinf(flat)
+    if infinite.any():
+        row, column = (int(i) for i in np.argwhere(infinite)[0])
+        raise DataError(
+            f"data '{table.name}': infinite value in feature '{table.feature_names[column]}' at "
+            f"row {row}. Replace or clip it before training."
         )
     index = np.arange(num_samples)
     stratify = table.task == "classification"

@@ -75,7 +75,11 @@ class BatchLoader:
         self.position = 0
 
     def state_dict(self) -> dict:
-        return {"generator": self.epoch_start_state.clone(), "position": self.position}
+        """The generator state at the start of the current epoch (or of the next one, between
+        epochs) and how many of its batches were already yielded."""
+        between_epochs = self.position == 0
+        generator = self.generator.get_state() if between_epochs else self.epoch_start_state
+        return {"generator": generator.clone(), "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch_start_state = state["generator"].clone()

@@ -7,13 +7,18 @@ events it needs; the dispatcher calls only those, so an unused event costs nothi
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from torchloom.config import mode_for
+from torchloom.errors import TorchloomError
 
 EVENTS = (
     "on_fit_start",
@@ -23,6 +28,21 @@ EVENTS = (
     "on_epoch_end",
     "on_fit_end",
 )
+
+
+class NonFiniteError(TorchloomError):
+    """The loss, a gradient or a weight became NaN or infinite; training stopped there.
+
+    Attributes:
+        step: the first optimizer step whose loss was not finite (or the step when found).
+        history: the epochs logged before it, for `torchloom.doctor`.
+    """
+
+    def __init__(self, message: str, step: int, history: list[dict]):
+        super().__init__(message)
+        self.step = step
+        self.history = history
+        self.run = None  # set by fit when a run directory or Run object exists
 
 
 @dataclass
@@ -38,7 +58,12 @@ class TrainState:
         step_logs: at a log interval, the step's metrics (`train/loss`, `lr`); else None.
         history: every epoch's logs so far.
         stop: set to True to end training after this epoch.
+        stop_now: set to True to end training after this step (an interrupt).
         run_dir: where the run writes, or None.
+        loader, schedule, scaler, callbacks: what a checkpoint must capture to resume exactly.
+        epoch_losses: this epoch's per-batch losses so far (on the device).
+        lr: the learning rate the last step used.
+        skipped_steps: steps skipped for non-finite values (with `nonfinite: skip`).
     """
 
     model: nn.Module
@@ -51,8 +76,58 @@ class TrainState:
     step_logs: dict[str, float] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     stop: bool = False
+    stop_now: bool = False
+    interrupt_requested: int = 0  # the signal number of a pending SIGINT/SIGTERM
     run_dir: Path | None = None
     batch_size: int = 0
+    loader: Any = None
+    schedule: Any = None
+    scaler: Any = None
+    callbacks: list = field(default_factory=list)
+    epoch_losses: list[torch.Tensor] = field(default_factory=list)
+    lr: float = 0.0
+    skipped_steps: int = 0
+    accumulate: int = 1
+
+    def check_finite(self, when: str) -> None:
+        """Raise `NonFiniteError` if this epoch's losses or the weights hold NaN/inf.
+
+        One host sync; called at log steps' ends, epoch ends and before every save.
+        """
+        parameters = list(self.model.parameters())
+        losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(1)
+        finite = torch.stack(
+            [torch.isfinite(losses).all(), *(torch.isfinite(p).all() for p in parameters)]
+        )
+        if bool(finite.all()):
+            return
+        bad = (~torch.isfinite(losses)).nonzero()
+        first_step = self.step
+        if self.epoch_losses and len(bad):
+            steps_before = self.step - -(-len(self.epoch_losses) // self.accumulate)
+            first_step = steps_before + int(bad[0]) // self.accumulate + 1
+        raise NonFiniteError(
+            f"training stopped at step {first_step} (epoch {self.epoch + 1}), found when "
+            f"{when}: {describe_nonfinite(self.model, losses)} Lower the learning rate "
+            f"(now {self.lr:g}), clip gradients (trainer.clip_norm: 1.0), check the inputs for "
+            "NaN, or set trainer.nonfinite: skip. Nothing non-finite was saved.",
+            first_step,
+            list(self.history),
+        )
+
+
+def describe_nonfinite(model: nn.Module, losses: torch.Tensor) -> str:
+    """Name the first non-finite gradient or weight, in parameter order."""
+    parts = []
+    if not bool(torch.isfinite(losses).all()):
+        parts.append(f"the loss is {float(losses[~torch.isfinite(losses)][0])}")
+    for kind in ("gradient", "weight"):
+        for name, parameter in model.named_parameters():
+            tensor = parameter.grad if kind == "gradient" else parameter
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                parts.append(f"first non-finite {kind}: {name}")
+                break
+    return "; ".join(parts) + "." if parts else "a value overflowed."
 
 
 class Callback:
@@ -121,6 +196,22 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch: int | None = None
 
+    def state_dict(self) -> dict:
+        saved = {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+        }
+        if self.best_weights is not None:
+            saved["tensors"] = self.best_weights
+        return saved
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.best, self.best_epoch = saved["best"], saved["best_epoch"]
+        self.wait, self.stopped_epoch = saved["wait"], saved["stopped_epoch"]
+        self.best_weights = saved.get("tensors") or None
+
     def improved(self, value: float) -> bool:
         if self.best is None:
             return True
@@ -145,6 +236,56 @@ class EarlyStopping(Callback):
             self.stopped_epoch = state.epoch + 1
 
     def on_fit_end(self, state: TrainState) -> None:
-        # The final model is the best one seen, whether or not training stopped early.
+        # The final model is the best one seen, whether or not training stopped early; an
+        # interrupted run keeps its weights as they are, for resuming.
+        if state.stop_now:
+            return
         if self.restore_best and self.best_weights is not None:
             state.model.load_state_dict(self.best_weights)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a step; a resumable checkpoint was saved.
+
+    Attributes:
+        run: the `Run` as it stood (its directory holds the checkpoint), or None.
+    """
+
+    def __init__(self, message: str, run=None, signal: int = 2):
+        super().__init__(message)
+        self.run = run
+        self.signal = signal
+
+
+@contextlib.contextmanager
+def catch_interrupts(state: TrainState):
+    """While training, turn SIGINT/SIGTERM into a request that `InterruptHandler` serves after
+    the current step, instead of dying mid-write. A second signal interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def request(signum, frame):
+        if state.interrupt_requested:  # asked twice: stop now, whatever is in flight
+            raise KeyboardInterrupt
+        state.interrupt_requested = signum
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class InterruptHandler(Callback):
+    """After a step during which SIGINT/SIGTERM arrived: save a checkpoint, stop at once."""
+
+    def __init__(self, checkpoint=None):
+        self.checkpoint = checkpoint
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if state.interrupt_requested and not state.stop_now:
+            if self.checkpoint is not None:
+                self.checkpoint.save(state, value=None)
+            state.stop_now = True

@@ -1,20 +1,26 @@
 """Checkpoints: one folder each (safetensors + JSON, no pickle), committed by a manifest.
 
-    checkpoints/epoch-0003/
+    checkpoints/step-00000130/
         model.safetensors       weights
         optimizer.safetensors   optimizer tensors (momentum buffers, Adam moments)
-        state.json              epoch, step, optimizer hyperparameters, metric, RNG states
+        extra.safetensors       RNG states, the loader's generator, the epoch's partial losses,
+                                callbacks' tensors (early stopping's best weights)
+        state.json              epoch, step, history, optimizer hyperparameters, scheduler,
+                                grad scaler, loader position, Python/NumPy RNG, callbacks
         manifest.json           sha256 of every file above; written last
 
-A folder is written under a temporary name and renamed into place once the manifest is on disk,
-so a crash leaves either no checkpoint or a complete one.
+A folder is written under a temporary name and renamed into place once its manifest is on disk,
+so a crash leaves either no checkpoint or a complete one. Everything needed to continue the run
+exactly is here: resuming from it gives bitwise the weights of the uninterrupted run on CPU.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +34,37 @@ from torchloom.io import atomic_write_json, save_tensors, sha256
 from torchloom.train.callbacks import Callback, TrainState
 
 FORMAT = 1
+FILES = ("model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json")
+
+
+def encode(value):
+    """A JSON-safe copy of a state dict: tuples become lists, non-string keys are kept."""
+    if isinstance(value, collections.Counter):
+        return {"__counter__": [[encode(k), v] for k, v in value.items()]}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {k: encode(v) for k, v in value.items()}
+        return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
+    if isinstance(value, tuple | list):
+        return [encode(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": value.tolist()}
+    return value
+
+
+def decode(value):
+    """Invert `encode`."""
+    if isinstance(value, dict):
+        if "__counter__" in value:
+            return collections.Counter({decode(k): v for k, v in value["__counter__"]})
+        if "__items__" in value:
+            return {decode(k): decode(v) for k, v in value["__items__"]}
+        if "__tensor__" in value:
+            return torch.tensor(value["__tensor__"])
+        return {k: decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
 
 
 def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) -> Path:
@@ -37,36 +74,59 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     optimizer_state = state.optimizer.state_dict()
-    tensors, scalars = {}, {}
+    optimizer_tensors, optimizer_scalars = {}, {}
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value
+                optimizer_tensors[f"{index}.{key}"] = value
             else:
-                scalars[f"{index}.{key}"] = value
-    save_tensors(staging / "model.safetensors", state.model.state_dict())
-    save_tensors(staging / "optimizer.safetensors", tensors)
-    tensors_rng = {"torch": torch.get_rng_state()}
-    save_tensors(staging / "rng.safetensors", tensors_rng)
+                optimizer_scalars[f"{index}.{key}"] = value
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for device, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{device}"] = rng
+    loader_state = state.loader.state_dict()
+    tensors["loader.generator"] = loader_state["generator"]
+    if state.epoch_losses:
+        tensors["epoch.losses"] = torch.stack(state.epoch_losses).float()
+    callback_states = {}
+    for callback in state.callbacks:
+        if hasattr(callback, "state_dict"):
+            saved = callback.state_dict()
+            for name, tensor in saved.pop("tensors", {}).items():
+                tensors[f"callback.{type(callback).__name__}.{name}"] = tensor
+            callback_states[type(callback).__name__] = saved
     numpy_state = np.random.get_state()
+    save_tensors(staging / "model.safetensors", state.model.state_dict())
+    save_tensors(staging / "optimizer.safetensors", optimizer_tensors)
+    save_tensors(staging / "extra.safetensors", tensors)
     atomic_write_json(
         staging / "state.json",
         {
             "format": FORMAT,
             "version": __version__,
-            "epoch": state.epoch + 1,  # epochs completed
+            "epoch": state.epoch,  # the epoch to run (or continue) next
             "step": state.step,
+            "lr": state.lr,
+            "skipped_steps": state.skipped_steps,
             "logs": state.logs,
-            "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars},
+            "history": state.history,
+            "optimizer": {
+                "param_groups": encode(optimizer_state["param_groups"]),
+                "scalars": encode(optimizer_scalars),
+            },
+            "scheduler": encode(state.schedule.state_dict()),
+            "scaler": encode(state.scaler.state_dict()),
+            "loader": {"position": loader_state["position"]},
             "rng": {
-                "python": _jsonable(random.getstate()),
+                "python": encode(random.getstate()),
                 "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
             },
+            "callbacks": encode(callback_states),
             **(extra or {}),
         },
     )
-    files = ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
-    atomic_write_json(staging / "manifest.json", {name: sha256(staging / name) for name in files})
+    atomic_write_json(staging / "manifest.json", {name: sha256(staging / name) for name in FILES})
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return folder
@@ -76,48 +136,114 @@ def load_checkpoint(folder: str | Path) -> dict:
     """Read a checkpoint folder, checking every file against the manifest.
 
     Returns:
-        `{"model": state_dict, "optimizer": optimizer state_dict, "state": state.json}`.
+        `{"model", "optimizer", "extra", "state"}`: state dicts and the parsed state.json.
 
     Raises:
-        TorchloomError: a missing manifest or file, or a hash mismatch (naming the file).
+        TorchloomError: a missing manifest or file, a hash mismatch (naming the file), or a
+            checkpoint written by a newer torchloom.
     """
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise TorchloomError(f"{folder}: not a complete checkpoint (no manifest.json).")
-    manifest = json.loads(manifest_path.read_text())
-    for name, expected in manifest.items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TorchloomError(f"{manifest_path}: corrupt manifest (not JSON).") from None
+    for name in FILES:
         path = folder / name
         if not path.is_file():
             raise TorchloomError(f"{path}: missing from checkpoint {folder}.")
         actual = sha256(path)
-        if actual != expected:
+        if actual != manifest.get(name):
             raise TorchloomError(
                 f"{path}: corrupt checkpoint file (sha256 {actual[:12]}..., manifest says "
-                f"{expected[:12]}...). Use an earlier checkpoint."
+                f"{str(manifest.get(name))[:12]}...). Use an earlier checkpoint."
             )
     info = json.loads((folder / "state.json").read_text())
+    if info.get("format", 0) > FORMAT:
+        raise TorchloomError(
+            f"{folder}: written by a newer torchloom (checkpoint format {info['format']}); this "
+            f"version ({__version__}) reads format {FORMAT}. Upgrade torchloom."
+        )
     flat = load_file(folder / "optimizer.safetensors")
     optimizer_state: dict[int, dict] = {}
-    for key, value in [*flat.items(), *info["optimizer"]["scalars"].items()]:
+    for key, value in [*flat.items(), *decode(info["optimizer"]["scalars"]).items()]:
         index, name = key.split(".", 1)
         optimizer_state.setdefault(int(index), {})[name] = value
     return {
         "model": load_file(folder / "model.safetensors"),
-        "optimizer": {"state": optimizer_state, "param_groups": info["optimizer"]["param_groups"]},
-        "rng": load_file(folder / "rng.safetensors"),
+        "optimizer": {
+            "state": optimizer_state,
+            "param_groups": decode(info["optimizer"]["param_groups"]),
+        },
+        "extra": load_file(folder / "extra.safetensors"),
         "state": info,
     }
 
 
-def _jsonable(value):
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
+def restore(state: TrainState, checkpoint: dict) -> None:
+    """Put a loaded checkpoint back into a freshly prepared `TrainState`, RNG states last."""
+    info, extra = checkpoint["state"], checkpoint["extra"]
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.schedule.load_state_dict(decode(info["scheduler"]))
+    state.scaler.load_state_dict(decode(info["scaler"]))
+    state.loader.load_state_dict(
+        {"generator": extra["loader.generator"], "position": info["loader"]["position"]}
+    )
+    state.epoch, state.step, state.lr = info["epoch"], info["step"], info["lr"]
+    state.skipped_steps = info.get("skipped_steps", 0)
+    state.logs, state.history = info["logs"], info["history"]
+    state.epoch_losses = list(extra["epoch.losses"].unbind()) if "epoch.losses" in extra else []
+    callback_states = decode(info["callbacks"])
+    for callback in state.callbacks:
+        name = type(callback).__name__
+        if hasattr(callback, "load_state_dict") and name in callback_states:
+            prefix = f"callback.{name}."
+            tensors = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
+            callback.load_state_dict({**callback_states[name], "tensors": tensors})
+    python_state = info["rng"]["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = info["rng"]["numpy"]
+    np.random.set_state(
+        (numpy_state[0], np.asarray(numpy_state[1], dtype=np.uint32), *numpy_state[2:])
+    )
+    torch.set_rng_state(extra["rng.torch"])
+    cuda_states = [extra[k] for k in sorted(extra) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def find_resumable(directory: Path) -> tuple[Path, dict]:
+    """The newest checkpoint in `directory` that loads and passes its hash checks.
+
+    Partial (no manifest) or corrupt checkpoints are skipped with a warning.
+
+    Raises:
+        TorchloomError: when there is no loadable checkpoint at all (never starts fresh).
+    """
+    folders = sorted(
+        (p for p in Path(directory).glob("step-*") if p.is_dir()),
+        key=lambda p: int(p.name.split("-")[1]),
+        reverse=True,
+    )
+    problems = []
+    for folder in folders:
+        try:
+            return folder, load_checkpoint(folder)
+        except TorchloomError as error:
+            problems.append(str(error))
+            warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise TorchloomError(
+        f"{directory}: no loadable checkpoint to resume from{detail}. Start a new run instead."
+    )
 
 
 class Checkpoint(Callback):
-    """Save a checkpoint after every epoch, keep the last `keep_last` and the best by `monitor`.
+    """Save checkpoints after every epoch (and every `every_steps` steps), keep the last
+    `keep_last` and the best by `monitor`.
 
     Old checkpoints are deleted only after the new one is committed, and the best never is.
     `checkpoints/best.json` names the best folder and its metric.
@@ -129,20 +255,43 @@ class Checkpoint(Callback):
         keep_last: int = 2,
         monitor: str = "val/loss",
         mode: str = "auto",
+        every_steps: int | None = None,
     ):
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.monitor = monitor
         self.mode = mode_for(monitor, mode)
+        self.every_steps = every_steps
         self.best: float | None = None
         self.best_name: str | None = None
         self.saved: list[str] = []
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_name": self.best_name, "saved": list(self.saved)}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.best, self.best_name = saved["best"], saved["best_name"]
+        self.saved = list(saved["saved"])
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if self.every_steps and state.step % self.every_steps == 0:
+            self.save(state, value=None)
+
     def on_epoch_end(self, state: TrainState) -> None:
-        name = f"epoch-{state.epoch + 1:04d}"
-        save_checkpoint(self.directory / name, state, {"monitor": self.monitor})
-        self.saved.append(name)
-        value = state.logs.get(self.monitor)
+        if state.stop_now:  # interrupted mid-epoch: the signal handler saved already
+            return
+        state.epoch += 1  # the checkpoint resumes at the next epoch
+        try:
+            self.save(state, state.logs.get(self.monitor))
+        finally:
+            state.epoch -= 1
+
+    def save(self, state: TrainState, value: float | None) -> Path:
+        state.check_finite("saving a checkpoint")
+        name = f"step-{state.step:08d}"
+        path = save_checkpoint(self.directory / name, state, {"monitor": self.monitor})
+        if name not in self.saved:
+            self.saved.append(name)
         if value is not None and (
             self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         ):
@@ -152,9 +301,10 @@ class Checkpoint(Callback):
                 self.directory / "best.json",
                 {"checkpoint": name, "monitor": self.monitor, "value": value},
             )
-            if previous is not None and previous not in self.saved:
+            if previous is not None and previous not in self.saved and previous != name:
                 shutil.rmtree(self.directory / previous, ignore_errors=True)
         while len(self.saved) > self.keep_last:
             old = self.saved.pop(0)
             if old != self.best_name:
                 shutil.rmtree(self.directory / old, ignore_errors=True)
+        return path

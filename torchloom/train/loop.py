@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
-from torchloom.data import BatchLoader, Split
+from torchloom.data import Split
 from torchloom.tasks import Task
 from torchloom.train.callbacks import Dispatcher, TrainState
 from torchloom.train.step import GradientClipper, Schedule, accumulation_weights
@@ -66,16 +67,18 @@ class LoopParts:
     log_every: int = 50
     val_every: int = 1
     val_every_steps: int | None = None
+    skip_nonfinite: bool = False  # skip steps with NaN/inf loss or gradients (a sync per step)
 
 
-def fit_loop(state: TrainState, loader: BatchLoader, parts: LoopParts, notify: Dispatcher):
+def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainState:
     """Train `state.model` with `state.optimizer` from `state.epoch` to `state.num_epochs`.
 
     The step is written out: zero_grad, forward, loss, backward, step. With `accumulate` k, the
     gradients of k micro-batches add up before one optimizer step. The loss stays on the device;
-    it reaches the host only every `log_every` optimizer steps and once per epoch.
+    it reaches the host only every `log_every` optimizer steps and once per epoch. A resumed
+    state (loader mid-epoch, partial epoch losses) continues exactly where it stopped.
     """
-    model, optimizer, scaler = state.model, state.optimizer, parts.scaler
+    model, optimizer, scaler, loader = state.model, state.optimizer, parts.scaler, state.loader
     parameters = [p for p in model.parameters() if p.requires_grad]
     full, rest = divmod(loader.num_samples, loader.batch_size)
     sizes = [loader.batch_size] * full + ([rest] if rest and not loader.drop_last else [])
@@ -86,8 +89,10 @@ def fit_loop(state: TrainState, loader: BatchLoader, parts: LoopParts, notify: D
         state.epoch = epoch
         model.train()
         notify("on_epoch_start", state)
-        batch_losses: list[torch.Tensor] = []
-        for batch_index, (inputs, targets) in enumerate(loader):
+        if loader.position == 0:
+            state.epoch_losses = []
+        batch_losses = state.epoch_losses
+        for batch_index, (inputs, targets) in enumerate(loader, start=loader.position):
             if batch_index % parts.accumulate == 0:
                 optimizer.zero_grad(set_to_none=True)
             with parts.autocast():
@@ -101,25 +106,40 @@ def fit_loop(state: TrainState, loader: BatchLoader, parts: LoopParts, notify: D
             notify("on_after_backward", state)
             log_now = (state.step + 1) % parts.log_every == 0
             scaler.unscale_(optimizer)  # clip and log true gradients under fp16
-            grad_norm = parts.clip(parameters, want_norm=log_now)
+            grad_norm = parts.clip(parameters, want_norm=log_now or parts.skip_nonfinite)
+            if parts.skip_nonfinite and not skip_check(loss, grad_norm):  # opt-in: syncs
+                optimizer.zero_grad(set_to_none=True)
+                state.skipped_steps += 1
+                continue
             scaler.step(optimizer)
             scaler.update()
-            rate = optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
+            state.lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
             parts.schedule.after_step()
             state.step += 1
             if log_now:  # the only per-step host sync, at log intervals
-                state.step_logs = {"train/loss": loss.item(), "lr": rate}
+                state.step_logs = {"train/loss": loss.item(), "lr": state.lr}
                 if grad_norm is not None:
                     state.step_logs["grad_norm"] = grad_norm.item()
+                if not math.isfinite(state.step_logs["train/loss"]):
+                    state.check_finite("logging the loss")
             if parts.val_every_steps and state.step % parts.val_every_steps == 0:
                 state.step_logs = {**(state.step_logs or {}), **validate(model, parts)}
             notify("on_batch_end", state)
             state.step_logs = None
+            if state.stop_now:
+                break
+        if state.stop_now:  # interrupted: a checkpoint was saved at this step
+            break
 
-        # The epoch's training loss: the mean over samples of the batch-mean losses.
-        sample_counts = torch.tensor(sizes, dtype=torch.float32, device=batch_losses[0].device)
-        train_loss = float((torch.stack(batch_losses).float() * sample_counts).sum() / sum(sizes))
-        state.logs = {"epoch": epoch + 1, "train/loss": train_loss, "lr": rate}
+        # The epoch's training loss: the mean over samples of the batch-mean losses (batches
+        # skipped for non-finite values are left out).
+        losses = torch.stack(batch_losses).float()
+        counts = torch.tensor(sizes, dtype=torch.float32, device=losses.device)
+        finite = torch.isfinite(losses) if parts.skip_nonfinite else torch.ones_like(counts).bool()
+        train_loss = float((losses * counts)[finite].sum() / counts[finite].sum())
+        if not math.isfinite(train_loss):
+            state.check_finite("ending the epoch")
+        state.logs = {"epoch": epoch + 1, "train/loss": train_loss, "lr": state.lr}
         if (epoch + 1) % parts.val_every == 0:
             state.logs.update(validate(model, parts))
         parts.schedule.after_epoch(state.logs)
@@ -128,6 +148,12 @@ def fit_loop(state: TrainState, loader: BatchLoader, parts: LoopParts, notify: D
             break
     notify("on_fit_end", state)
     return state
+
+
+def skip_check(loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+    """True when the loss and the gradient norm are finite (one host sync)."""
+    values = loss.detach().float() if grad_norm is None else torch.stack([loss.detach(), grad_norm])
+    return bool(torch.isfinite(values).all())
 
 
 def validate(model: nn.Module, parts: LoopParts) -> dict[str, float]:

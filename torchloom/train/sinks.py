@@ -6,40 +6,41 @@ import json
 import time
 from pathlib import Path
 
+from torchloom.io import atomic_write_text
 from torchloom.train.callbacks import Callback, TrainState
 
 
 class JsonlSink(Callback):
-    """Appends one JSON object per logged step and per epoch to `metrics.jsonl`.
+    """`metrics.jsonl`: one JSON object per logged step and per epoch.
 
-    Step lines carry `step`, `epoch`, `train/loss`, `lr`; epoch lines add `"kind": "epoch"` and
-    every validation metric.
+    Step lines carry `step`, `epoch`, `train/loss`, `lr` (and `grad_norm`, step validation);
+    epoch lines add `"kind": "epoch"` and every validation metric. The file is rewritten whole
+    and atomically when a line is added, so a crash never leaves a torn line. On resume, lines
+    past the checkpoint's step are dropped: they are logged again, so no step appears twice.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.file = None
+        self.lines: list[str] = []
 
     def on_fit_start(self, state: TrainState) -> None:
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 closed in on_fit_end
+        if state.step > 0 and self.path.is_file():  # resuming
+            kept = [line for line in self.path.read_text().splitlines() if line.strip()]
+            self.lines = [line for line in kept if json.loads(line)["step"] <= state.step]
+            self.flush()
 
-    def write(self, payload: dict) -> None:
-        self.file.write(json.dumps(payload) + "\n")
+    def flush(self) -> None:
+        atomic_write_text(self.path, "".join(line + "\n" for line in self.lines))
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.step_logs is not None:
-            self.write(
-                {"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs}
-            )
+            payload = {"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs}
+            self.lines.append(json.dumps(payload))
+            self.flush()
 
     def on_epoch_end(self, state: TrainState) -> None:
-        self.write({"kind": "epoch", "step": state.step, **state.logs})
-        self.file.flush()
-
-    def on_fit_end(self, state: TrainState) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        self.lines.append(json.dumps({"kind": "epoch", "step": state.step, **state.logs}))
+        self.flush()
 
 
 class CsvSink(Callback):
@@ -51,8 +52,6 @@ class CsvSink(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         import csv
         import io
-
-        from torchloom.io import atomic_write_text
 
         rows = state.history  # History runs first, so this epoch is already in it
         columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -73,7 +72,9 @@ class TensorBoardSink(Callback):
     def on_fit_start(self, state: TrainState) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(self.log_dir)
+        # On resume, TensorBoard drops what an earlier process logged after the checkpoint.
+        purge = state.step + 1 if state.step > 0 else None
+        self.writer = SummaryWriter(self.log_dir, purge_step=purge)
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.step_logs is not None:
@@ -81,9 +82,9 @@ class TensorBoardSink(Callback):
                 self.writer.add_scalar(f"step/{key}", value, state.step)
 
     def on_epoch_end(self, state: TrainState) -> None:
+        # Every scalar's x axis is the optimizer step, so a resume can purge by step.
         for key, value in state.logs.items():
-            if key != "epoch":
-                self.writer.add_scalar(key, value, state.epoch + 1)
+            self.writer.add_scalar(key, value, state.step)
         self.writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:

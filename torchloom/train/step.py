@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -94,11 +94,17 @@ class Schedule:
     scheduler: object | None = None
     per_step: bool = False
     monitor: str | None = None  # reduce-on-plateau reads this logged metric
-    last_value: dict = field(default_factory=dict)
 
     def after_step(self) -> None:
         if self.per_step:
             self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return {} if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, saved: dict) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved)
 
     def after_epoch(self, logs: dict[str, float]) -> None:
         if self.scheduler is None or self.per_step:
