@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from torchloom import __version__, models, optim
@@ -19,7 +19,7 @@ from torchloom import init as init_module
 from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
 from torchloom.data import BatchLoader, Data, Preprocess
 from torchloom.errors import DataError, TorchloomError, did_you_mean
-from torchloom.io import atomic_write_json, atomic_write_text, save_tensors
+from torchloom.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from torchloom.run import Run
 from torchloom.tasks import TASKS, make_task
 from torchloom.train.callbacks import (
@@ -50,6 +50,8 @@ RUN_FORMAT = 1
 # fit(...) keyword -> where it lives in the config.
 FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "task": ("task",),
+    "val": ("data", "val"),  # held-out fractions for plain (x, y) data
+    "test": ("data", "test"),
     "loss": ("loss",),
     "optimizer": ("optimizer",),
     "init": ("init",),
@@ -69,6 +71,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "precision": ("trainer", "precision"),
     "compile": ("trainer", "compile"),
     "deterministic": ("trainer", "deterministic"),
+    "nonfinite": ("trainer", "nonfinite"),
     "scheduler": ("scheduler",),
     "early_stopping": ("trainer", "early_stopping"),
     "output_dir": ("output", "dir"),
@@ -76,6 +79,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "tensorboard": ("output", "tensorboard"),
     "checkpoints": ("output", "checkpoints"),
     "keep_last": ("output", "keep_last"),
+    "checkpoint_every_steps": ("output", "checkpoint_every_steps"),
     "monitor": ("output", "monitor"),
 }
 
@@ -331,6 +335,7 @@ def _fit(
         schedule=parts.schedule,
         scaler=parts.scaler,
         accumulate=trainer.accumulate,
+        skip_nonfinite=parts.skip_nonfinite,
     )
     state.callbacks = _built_in_callbacks(config, run_dir, monitor) + list(callbacks)
     if checkpoint is not None:
@@ -502,7 +507,8 @@ def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
 def _make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> Path:
     spec = getattr(model, "torchloom_build", None)
     model_name = spec["name"] if spec else type(model).__name__.lower()
-    base = name or f"{model_name}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    data_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.name).stem)  # a CSV path: its stem
+    base = name or f"{model_name}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     root_path = Path(root)
     root_path.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 1000):
@@ -551,20 +557,6 @@ def read_run_config(run_dir: Path, model: nn.Module | None) -> tuple[Config, nn.
     return config, model, has_source
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file; anything else (a pickle) is refused, never run."""
-    try:
-        return load_file(path)
-    except FileNotFoundError:
-        raise TorchloomError(f"{path}: missing. Was the run completed?") from None
-    except Exception as error:  # safetensors raises its own error types for malformed files
-        raise TorchloomError(
-            f"{path}: not a readable safetensors file ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). torchloom loads weights only "
-            "from safetensors, never from pickle."
-        ) from None
-
-
 def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool = True) -> Run:
     """Rebuild a run from its directory: config.yaml + model.safetensors + preprocess.json.
 
@@ -594,7 +586,7 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
     )
     example = torch.zeros(2, *preprocess.extra["input_shape"])
     models.materialize(model, example, preprocess.extra["num_outputs"])
-    model.load_state_dict(read_weights(run_dir / "model.safetensors"))
+    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loaded_data = load_data(config) if data and has_source else None

@@ -46,3 +46,21 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_tensors(path: str | Path) -> dict:
+    """Tensors from a safetensors file; anything else (a pickle) is refused, never run."""
+    from safetensors.torch import load_file
+
+    from torchloom.errors import TorchloomError
+
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise TorchloomError(f"{path}: missing.") from None
+    except Exception as error:  # safetensors raises its own types for malformed files
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise TorchloomError(
+            f"{path}: not a readable safetensors file ({type(error).__name__}: {detail}). "
+            "torchloom loads weights only from safetensors, never from pickle."
+        ) from None

@@ -203,6 +203,8 @@ def from_arrays(
             f"targets: expected numbers, got an array of {targets.dtype}. Map labels to class "
             "indices 0..num_classes-1."
         )
+    if len(features) == 0:
+        raise DataError("data 'arrays' is empty: no samples to train on.")
     if len(features) != len(targets):
         raise DataError(
             f"features and targets differ in length: {len(features)} samples vs "
@@ -296,6 +298,13 @@ def split_table(table: Table, *, val: float, test: float, seed: int, standardize
     rest, test_index = hold_out(index, test, "test")
     # The validation fraction is of all samples, so rescale it to the remaining pool.
     train_index, val_index = hold_out(rest, val / (1 - test) if val else 0, "val")
+    for name, held in (("val", val_index), ("test", test_index)):
+        if len(held) == 1:
+            raise DataError(
+                f"data '{table.name}': the {name} split would hold 1 of {num_samples} samples; "
+                f"at least 2 are needed to measure anything. Use more data or set "
+                f"data.{name}: 0."
+            )
     preprocess = Preprocess(table.feature_names, table.classes, table.task)
     preprocess.fit(table.features[train_index], standardize)
 

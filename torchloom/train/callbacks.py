@@ -88,6 +88,7 @@ class TrainState:
     lr: float = 0.0
     skipped_steps: int = 0
     accumulate: int = 1
+    skip_nonfinite: bool = False
 
     def check_finite(self, when: str) -> None:
         """Raise `NonFiniteError` if this epoch's losses or the weights hold NaN/inf.
@@ -96,6 +97,8 @@ class TrainState:
         """
         parameters = list(self.model.parameters())
         losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(1)
+        if self.skip_nonfinite:  # skipped steps' losses are left out of the epoch's mean
+            losses = torch.zeros(1)
         finite = torch.stack(
             [torch.isfinite(losses).all(), *(torch.isfinite(p).all() for p in parameters)]
         )

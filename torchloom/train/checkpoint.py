@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from torchloom import __version__
 from torchloom.config import mode_for
 from torchloom.errors import TorchloomError
-from torchloom.io import atomic_write_json, save_tensors, sha256
+from torchloom.io import atomic_write_json, load_tensors, save_tensors, sha256
 from torchloom.train.callbacks import Callback, TrainState
 
 FORMAT = 1
@@ -166,18 +165,18 @@ def load_checkpoint(folder: str | Path) -> dict:
             f"{folder}: written by a newer torchloom (checkpoint format {info['format']}); this "
             f"version ({__version__}) reads format {FORMAT}. Upgrade torchloom."
         )
-    flat = load_file(folder / "optimizer.safetensors")
+    flat = load_tensors(folder / "optimizer.safetensors")
     optimizer_state: dict[int, dict] = {}
     for key, value in [*flat.items(), *decode(info["optimizer"]["scalars"]).items()]:
         index, name = key.split(".", 1)
         optimizer_state.setdefault(int(index), {})[name] = value
     return {
-        "model": load_file(folder / "model.safetensors"),
+        "model": load_tensors(folder / "model.safetensors"),
         "optimizer": {
             "state": optimizer_state,
             "param_groups": decode(info["optimizer"]["param_groups"]),
         },
-        "extra": load_file(folder / "extra.safetensors"),
+        "extra": load_tensors(folder / "extra.safetensors"),
         "state": info,
     }
 
