@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchmetrics import MetricCollection
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 class Task:

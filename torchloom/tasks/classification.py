@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
 from torchloom.errors import DataError
 from torchloom.tasks.base import Task
@@ -21,7 +14,16 @@ class Classification(Task):
     name = "classification"
     default_loss = "cross_entropy"
 
-    def metrics(self) -> MetricCollection:
+    def metrics(self):
+        # torchmetrics takes ~1 s to import: only when a run evaluates something.
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassF1Score,
+            MulticlassPrecision,
+            MulticlassRecall,
+        )
+
         k = self.num_outputs
         return MetricCollection(
             {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
 from torchloom.errors import DataError
 from torchloom.tasks.base import Task
@@ -15,7 +14,9 @@ class Regression(Task):
     name = "regression"
     default_loss = "mse"
 
-    def metrics(self) -> MetricCollection:
+    def metrics(self):
+        from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
+
         return MetricCollection(
             {
                 "mse": MeanSquaredError(num_outputs=self.num_outputs),

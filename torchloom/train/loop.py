@@ -6,15 +6,18 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
 
 from torchloom.data import Split
 from torchloom.tasks import Task
 from torchloom.train.callbacks import Dispatcher, TrainState
 from torchloom.train.step import GradientClipper, Schedule, accumulation_weights
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 class Evaluator:
@@ -28,9 +31,12 @@ class Evaluator:
         self.task = task
         self.loss_fn = loss_fn
         self.batch_size = batch_size
-        self.metrics: MetricCollection = task.metrics().to(device)
+        self.device = device
+        self.metrics: MetricCollection | None = None  # made on first use: ~10 ms to build
 
     def __call__(self, model: nn.Module, split: Split) -> dict[str, float]:
+        if self.metrics is None:
+            self.metrics = self.task.metrics().to(self.device)
         was_training = model.training
         model.eval()
         self.metrics.reset()
