@@ -30,7 +30,7 @@ CONFIG = {
         "progress": False,
         "early_stopping": {"monitor": "val/loss", "patience": 10},
     },
-    "output": {"checkpoint_every_steps": 5, "keep_last": 3},
+    "output": {"checkpoint_every_steps": 5, "keep_last": 3, "checkpoint_interval": 0},
 }
 
 

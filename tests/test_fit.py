@@ -170,6 +170,7 @@ def test_run_directory_holds_every_promised_file(tmp_path, digits):
         output_dir=str(tmp_path),
         name="demo",
         keep_last=2,
+        checkpoint_interval=0,
         log_every=10,
     )
     assert run.dir == tmp_path / "demo"

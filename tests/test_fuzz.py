@@ -4,6 +4,7 @@ docs/reliability.md (run with `-s` to see them printed)."""
 
 from __future__ import annotations
 
+import contextlib
 import string
 import tempfile
 from pathlib import Path
@@ -55,10 +56,8 @@ def test_any_override_applies_or_raises_one_config_error(overrides):
     COUNTS["overrides"] += 1
     raw, problems = apply_overrides({}, overrides)
     assert all("override" in p for p in problems)
-    try:
+    with contextlib.suppress(ConfigError):
         resolve_config(raw)
-    except ConfigError:
-        pass
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -205,7 +205,15 @@ def test_kills_during_saves_always_leave_a_loadable_checkpoint(tmp_path):
 
 
 def test_corrupt_and_partial_checkpoints_are_named_skipped_or_refused(tmp_path, digits):
-    run = tl.fit("mlp", digits, epochs=2, progress=False, output_dir=str(tmp_path), name="c")
+    run = tl.fit(
+        "mlp",
+        digits,
+        epochs=2,
+        progress=False,
+        output_dir=str(tmp_path),
+        name="c",
+        checkpoint_interval=0,
+    )
     directory = run.dir / "checkpoints"
     newest, older = directory / "step-00000026", directory / "step-00000013"
     weights = newest / "model.safetensors"

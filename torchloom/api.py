@@ -80,6 +80,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("output", "checkpoints"),
     "keep_last": ("output", "keep_last"),
     "checkpoint_every_steps": ("output", "checkpoint_every_steps"),
+    "checkpoint_interval": ("output", "checkpoint_interval"),
     "monitor": ("output", "monitor"),
 }
 
@@ -470,6 +471,7 @@ def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> l
                 monitor,
                 output.mode,
                 output.checkpoint_every_steps,
+                output.checkpoint_interval,
             )
             built_in.append(checkpoint)
     if trainer.progress:

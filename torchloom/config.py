@@ -255,6 +255,7 @@ class OutputConfig(Section):
     checkpoints: bool = True
     keep_last: int = Field(2, ge=1)
     checkpoint_every_steps: int | None = Field(None, ge=1)
+    checkpoint_interval: float = Field(30.0, ge=0, description="min seconds between epoch saves")
     monitor: str = "val/loss"
     mode: Mode = "auto"
 

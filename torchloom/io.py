@@ -28,8 +28,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, payload: object) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+def atomic_write_json(path: str | Path, payload: object, *, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=indent) + "\n")
 
 
 def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:

@@ -20,6 +20,7 @@ import collections
 import json
 import random
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
             "callbacks": encode(callback_states),
             **(extra or {}),
         },
+        indent=None,  # compact: the RNG states alone are 1,250 numbers
     )
     atomic_write_json(staging / "manifest.json", {name: sha256(staging / name) for name in FILES})
     shutil.rmtree(folder, ignore_errors=True)
@@ -241,8 +243,9 @@ def find_resumable(directory: Path) -> tuple[Path, dict]:
 
 
 class Checkpoint(Callback):
-    """Save checkpoints after every epoch (and every `every_steps` steps), keep the last
-    `keep_last` and the best by `monitor`.
+    """Save checkpoints after epochs (at most one per `interval` seconds, and always after the
+    last) and every `every_steps` steps; keep the last `keep_last` and the best by `monitor`
+    (the best among those saved).
 
     Old checkpoints are deleted only after the new one is committed, and the best never is.
     `checkpoints/best.json` names the best folder and its metric.
@@ -255,8 +258,11 @@ class Checkpoint(Callback):
         monitor: str = "val/loss",
         mode: str = "auto",
         every_steps: int | None = None,
+        interval: float = 0.0,
     ):
         self.directory = Path(directory)
+        self.interval = interval
+        self.last_save = 0.0
         self.keep_last = keep_last
         self.monitor = monitor
         self.mode = mode_for(monitor, mode)
@@ -276,9 +282,15 @@ class Checkpoint(Callback):
         if self.every_steps and state.step % self.every_steps == 0:
             self.save(state, value=None)
 
+    def on_fit_start(self, state: TrainState) -> None:
+        self.last_save = time.monotonic()
+
     def on_epoch_end(self, state: TrainState) -> None:
         if state.stop_now:  # interrupted mid-epoch: the signal handler saved already
             return
+        final = state.epoch + 1 == state.num_epochs or state.stop
+        if not final and time.monotonic() - self.last_save < self.interval:
+            return  # short epochs: at most one checkpoint per `interval` seconds
         state.epoch += 1  # the checkpoint resumes at the next epoch
         try:
             self.save(state, state.logs.get(self.monitor))
@@ -287,6 +299,7 @@ class Checkpoint(Callback):
 
     def save(self, state: TrainState, value: float | None) -> Path:
         state.check_finite("saving a checkpoint")
+        self.last_save = time.monotonic()
         name = f"step-{state.step:08d}"
         path = save_checkpoint(self.directory / name, state, {"monitor": self.monitor})
         if name not in self.saved:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,46 +15,55 @@ class JsonlSink(Callback):
     """`metrics.jsonl`: one JSON object per logged step and per epoch.
 
     Step lines carry `step`, `epoch`, `train/loss`, `lr` (and `grad_norm`, step validation);
-    epoch lines add `"kind": "epoch"` and every validation metric. The file is rewritten whole
-    and atomically when a line is added, so a crash never leaves a torn line. On resume, lines
-    past the checkpoint's step are dropped: they are logged again, so no step appears twice.
+    epoch lines add `"kind": "epoch"` and every validation metric. The file is append-only: each
+    line goes out in one `write` system call (so a killed process never leaves half a line) and
+    the file is fsynced at every epoch end. On resume it is rewritten atomically without the
+    lines past the checkpoint's step, which are then logged again: no step twice, none missing.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.lines: list[str] = []
+        self.descriptor: int | None = None
 
     def on_fit_start(self, state: TrainState) -> None:
         if state.step > 0 and self.path.is_file():  # resuming
-            kept = [line for line in self.path.read_text().splitlines() if line.strip()]
-            self.lines = [line for line in kept if json.loads(line)["step"] <= state.step]
-            self.flush()
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line)["step"] <= state.step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def flush(self) -> None:
-        atomic_write_text(self.path, "".join(line + "\n" for line in self.lines))
+    def write(self, payload: dict) -> None:
+        os.write(self.descriptor, (json.dumps(payload) + "\n").encode())
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.step_logs is not None:
-            payload = {"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs}
-            self.lines.append(json.dumps(payload))
-            self.flush()
+            self.write(
+                {"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs}
+            )
 
     def on_epoch_end(self, state: TrainState) -> None:
-        self.lines.append(json.dumps({"kind": "epoch", "step": state.step, **state.logs}))
-        self.flush()
+        self.write({"kind": "epoch", "step": state.step, **state.logs})
+        os.fsync(self.descriptor)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self.descriptor is not None:
+            os.fsync(self.descriptor)
+            os.close(self.descriptor)
+            self.descriptor = None
 
 
 class CsvSink(Callback):
-    """`metrics.csv`: one row per epoch, one column per logged key, rewritten atomically."""
+    """`metrics.csv`: one row per epoch, one column per logged key, written atomically when
+    training ends (or stops)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def on_epoch_end(self, state: TrainState) -> None:
+    def on_fit_end(self, state: TrainState) -> None:
         import csv
         import io
 
-        rows = state.history  # History runs first, so this epoch is already in it
+        rows = state.history
         columns = list(dict.fromkeys(key for row in rows for key in row))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
@@ -82,10 +92,10 @@ class TensorBoardSink(Callback):
                 self.writer.add_scalar(f"step/{key}", value, state.step)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        # Every scalar's x axis is the optimizer step, so a resume can purge by step.
+        # Every scalar's x axis is the optimizer step, so a resume can purge by step. The
+        # writer flushes on its own every 2 minutes and when training ends.
         for key, value in state.logs.items():
             self.writer.add_scalar(key, value, state.step)
-        self.writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:
         if self.writer is not None:
@@ -114,6 +124,7 @@ class ProgressBar(Callback):
         self.progress = None
         self.task_id = None
         self.epoch_started = 0.0
+        self.update_every = 1
 
     def on_fit_start(self, state: TrainState) -> None:
         if self.console.is_terminal:
@@ -141,11 +152,14 @@ class ProgressBar(Callback):
         self.epoch_started = time.perf_counter()
         if self.progress is not None:
             label = f"{state.epoch + 1}/{state.num_epochs}"
-            if self.task_id is not None:
-                self.progress.remove_task(self.task_id)
-            self.task_id = self.progress.add_task(
-                "train", total=state.steps_per_epoch, epoch=label, loss="-", speed=""
-            )
+            if self.task_id is None:
+                self.task_id = self.progress.add_task(
+                    "train", total=state.steps_per_epoch, epoch=label, loss="-", speed=""
+                )
+            else:
+                self.progress.reset(self.task_id, total=state.steps_per_epoch, epoch=label)
+            # The bar redraws 10 times a second: ~100 updates an epoch are plenty.
+            self.update_every = max(1, state.steps_per_epoch // 100)
 
     def on_batch_end(self, state: TrainState) -> None:
         if self.progress is None:
@@ -155,12 +169,13 @@ class ProgressBar(Callback):
             done = state.step - state.epoch * state.steps_per_epoch
             self.progress.update(
                 self.task_id,
-                advance=1,
+                completed=done,
                 loss=f"{state.step_logs['train/loss']:.4f}",
                 speed=f"{done * state.batch_size / elapsed:,.0f} samples/s",
             )
-        else:
-            self.progress.advance(self.task_id)
+        elif state.step % self.update_every == 0:
+            done = state.step - state.epoch * state.steps_per_epoch
+            self.progress.update(self.task_id, completed=done)
 
     def on_epoch_end(self, state: TrainState) -> None:
         seconds = time.perf_counter() - self.epoch_started
