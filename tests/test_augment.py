@@ -116,12 +116,12 @@ def test_fit_augments_training_batches_only_and_repeats_with_the_seed():
     torch.manual_seed(0)  # a plain module's weights come from the RNG when it is built
     model = Recorder()
     run = tl.fit(model, data, **options)
-    train_seen = torch.cat(model.seen[True])  # the sizing dry run ran in eval mode
+    train_seen = torch.cat(model.seen[True]).cpu()  # the sizing dry run ran in eval mode
     assert len(train_seen) == 2 * len(data.train)
     train_rows = {tuple(row) for row in data.train.features.flatten(1).tolist()}
     changed = sum(tuple(row) not in train_rows for row in train_seen.flatten(1).tolist())
     assert changed > 0.7 * len(train_seen)  # a 1-pixel shift or a flip changes almost every digit
-    validation_seen = torch.cat(model.seen[False][1:][: -(-len(data.val) // 100)])
+    validation_seen = torch.cat(model.seen[False][1:][: -(-len(data.val) // 100)]).cpu()
     assert torch.equal(validation_seen, data.val.features)  # evaluation sees the split as is
     torch.manual_seed(0)
     again = tl.fit(Recorder(), data, **options)

@@ -246,10 +246,13 @@ def test_unknown_source_options_are_config_errors():
     from torchloom.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        resolve_config({"data": {"name": "fashion_mnist", "limt": 10, "target": "y"}})
+        resolve_config(
+            {"data": {"name": "fashion_mnist", "limt": 10, "target": "y", "standardise": False}}
+        )
     problems = caught.value.problems
-    assert "data.target: data source 'fashion_mnist' has no option 'target'." in problems[0]
-    assert (
-        "data.limt: data source 'fashion_mnist' has no option 'limt'. Did you mean 'limit'?"
-        in (problems[1])
-    )
+    assert problems[0].startswith("data.standardise: unknown key. Did you mean 'standardize'?")
+    assert "data.target: data source 'fashion_mnist' has no option 'target'." in problems[1]
+    limit = "data.limt: data source 'fashion_mnist' has no option 'limt'. Did you mean 'limit'?"
+    assert problems[2].startswith(limit)
+    with pytest.raises(ConfigError, match=r"data\.augment\.flp: unknown key\. Did you mean 'flip'"):
+        resolve_config({"data": {"name": "digits", "augment": {"flp": True}}})

@@ -61,8 +61,9 @@ def test_predict_on_raw_images_in_a_new_process(image_run, tmp_path):
     assert reloaded.preprocess.per == "channel" and len(reloaded.preprocess.mean) == 1
     scaled = (raw[:, None] - reloaded.preprocess.mean[0]) / reloaded.preprocess.std[0]
     with torch.no_grad():
-        logits = image_run.model(torch.from_numpy(scaled.astype(np.float32)))
-    assert np.array_equal(expected["class"], logits.argmax(1).numpy())
+        inputs = torch.from_numpy(scaled.astype(np.float32)).to(image_run.device)
+        logits = image_run.model(inputs)
+    assert np.array_equal(expected["class"], logits.argmax(1).cpu().numpy())
     assert np.array_equal(
         reloaded.predict(raw[:, None])["probabilities"], expected["probabilities"]
     )

@@ -77,11 +77,20 @@ class DataConfig(Section):
     def _file_options(self, info: ValidationInfo) -> DataConfig:
         if self.name == "csv" and (self.path is None or self.target is None):
             raise ValueError("the csv source needs 'path' (the file) and 'target' (label column)")
+        # An extra key close to a field name is a typo of the field, not a source option.
+        fields = list(type(self).model_fields)
+        typos = [key for key in self.model_extra or {} if did_you_mean(key, fields)]
+        problems = [
+            f"data.{key}: unknown key.{did_you_mean(key, fields)} Known keys here: "
+            f"{', '.join(fields)}, and the source's options."
+            for key in typos
+        ]
         check = (info.context or {}).get("data_options")
         if check is not None and self.name in (info.context or {}).get("data", ()):
-            problems = check(self.name, self.source_options())
-            if problems:
-                raise ValueError("\n".join(problems))
+            options = {k: v for k, v in self.source_options().items() if k not in typos}
+            problems += check(self.name, options)
+        if problems:
+            raise ValueError("\n".join(problems))
         if self.val + self.test >= 1:
             raise ValueError(f"val + test = {self.val + self.test:g} leaves no training data")
         return self

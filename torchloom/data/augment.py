@@ -106,7 +106,7 @@ def random_crop(
     batch, channels, height, width = images.shape
     padded = F.pad(images, (padding,) * 4, mode=PADDING_MODES[mode])  # (b, c, h+2p, w+2p)
     offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator)
-    offsets = offsets.to(images.device)
+    offsets = to_device(offsets, images.device)
     rows = offsets[0, :, None] + torch.arange(height, device=images.device)  # (b, h)
     cols = offsets[1, :, None] + torch.arange(width, device=images.device)  # (b, w)
     # Gather the window's rows, then its columns: one gather each for the whole batch.
@@ -119,5 +119,17 @@ def random_crop(
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each (batch, channels, height, width) image left-right with probability 0.5."""
     flip = torch.rand(len(images), generator=generator) < 0.5  # (batch,)
-    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    flip = to_device(flip, images.device).view(-1, 1, 1, 1)
     return torch.where(flip, images.flip(3), images)
+
+
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a few CPU-drawn values to the batch's device without a host sync.
+
+    The draws stay on a CPU generator, so a seed gives the same augmentations on every device;
+    a plain copy to CUDA from pageable memory would wait for the GPU every step, a pinned
+    non-blocking one does not.
+    """
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
