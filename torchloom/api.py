@@ -17,7 +17,7 @@ from torchloom import config as config_module
 from torchloom import data as data_module
 from torchloom import init as init_module
 from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
-from torchloom.data import BatchLoader, Data, Preprocess
+from torchloom.data import Augment, BatchLoader, Data, Preprocess
 from torchloom.errors import DataError, TorchloomError, did_you_mean
 from torchloom.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from torchloom.run import Run
@@ -52,6 +52,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "task": ("task",),
     "val": ("data", "val"),  # held-out fractions for plain (x, y) data
     "test": ("data", "test"),
+    "augment": ("data", "augment"),
     "loss": ("loss",),
     "optimizer": ("optimizer",),
     "init": ("init",),
@@ -89,6 +90,7 @@ def registries() -> dict:
     """The validation context: every registry a config may name, and the option checkers."""
     return {
         "data": data_module.names(),
+        "data_options": data_module.option_problems,
         "models": models.names(),
         "model_options": models.option_problems,
         "optimizers": list(optim.OPTIMIZERS),
@@ -312,7 +314,7 @@ def _fit(
         resolved = {
             "format": RUN_FORMAT,
             "task": task.name,
-            "data": data.spec,
+            "data": {**data.spec, "augment": config.data.model_dump()["augment"]},
             "model": _model_section(model),
             "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
             "optimizer": {
@@ -402,6 +404,7 @@ def prepare(model: nn.Module, data: Data, config: Config, device: torch.device) 
         shuffle=trainer.shuffle,
         seed=trainer.seed,
         drop_last=trainer.drop_last,
+        augment=_augment_for(config, data),
     )
     if len(loader) == 0:
         raise DataError(
@@ -409,6 +412,15 @@ def prepare(model: nn.Module, data: Data, config: Config, device: torch.device) 
             f"{len(data.train)} training samples. Lower batch_size or set drop_last: false."
         )
     return task, data_on_device, model, loss_fn, optimizer, loader
+
+
+def _augment_for(config: Config, data: Data) -> Augment | None:
+    """The training-batch augmentation `data.augment` asks for, checked against the data."""
+    if config.data.augment is None:
+        return None
+    augment = Augment(**config.data.augment.model_dump(), seed=config.trainer.seed)
+    augment.check(data.input_shape, data.name)
+    return augment
 
 
 def _task_for(config: Config, data: Data):

@@ -45,16 +45,28 @@ def _check_name(kind: str, registry_key: str, value: str | None, info: Validatio
     return value
 
 
-class DataConfig(Section):
-    """Where the data comes from and how it is split and scaled."""
+class AugmentConfig(Section):
+    """Training-batch image augmentation: `{crop_padding: 4, flip: true}`."""
 
+    crop_padding: int = Field(0, ge=0, description="pixels of padding for the random crop")
+    flip: bool = False  # random horizontal flip
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
+
+
+class DataConfig(Section):
+    """Where the data comes from and how it is split and scaled. Keys besides the fields below
+    are the source's own options (`shape: image` for digits, `limit` for Fashion-MNIST, ...),
+    checked against the source's signature."""
+
+    model_config = ConfigDict(extra="allow")
     name: str = "digits"
     path: str | None = None
     target: str | None = None
     val: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.2, ge=0, lt=1)
-    standardize: bool = True
+    standardize: bool | Literal["per_feature", "per_channel"] = True
     seed: int | None = None  # None: use trainer.seed
+    augment: AugmentConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -62,17 +74,32 @@ class DataConfig(Section):
         return _check_name("data source", "data", value, info)
 
     @model_validator(mode="after")
-    def _file_options(self) -> DataConfig:
+    def _file_options(self, info: ValidationInfo) -> DataConfig:
         if self.name == "csv" and (self.path is None or self.target is None):
             raise ValueError("the csv source needs 'path' (the file) and 'target' (label column)")
-        if self.name != "csv" and (self.path is not None or self.target is not None):
-            raise ValueError(f"'path' and 'target' are for name: csv, not '{self.name}'")
+        # An extra key close to a field name is a typo of the field, not a source option.
+        fields = list(type(self).model_fields)
+        typos = [key for key in self.model_extra or {} if did_you_mean(key, fields)]
+        problems = [
+            f"data.{key}: unknown key.{did_you_mean(key, fields)} Known keys here: "
+            f"{', '.join(fields)}, and the source's options."
+            for key in typos
+        ]
+        check = (info.context or {}).get("data_options")
+        if check is not None and self.name in (info.context or {}).get("data", ()):
+            options = {k: v for k, v in self.source_options().items() if k not in typos}
+            problems += check(self.name, options)
+        if problems:
+            raise ValueError("\n".join(problems))
         if self.val + self.test >= 1:
             raise ValueError(f"val + test = {self.val + self.test:g} leaves no training data")
         return self
 
     def source_options(self) -> dict:
-        return {"path": self.path, "target": self.target} if self.name == "csv" else {}
+        """The options passed to the source: path and target when set, and the extra keys."""
+        options = {"path": self.path, "target": self.target}
+        options = {key: value for key, value in options.items() if value is not None}
+        return {**options, **(self.model_extra or {})}
 
 
 class ModelConfig(Section):

@@ -10,6 +10,7 @@ from torch import nn
 
 from torchloom.config import Config
 from torchloom.data import Data, Preprocess, Split
+from torchloom.data.preprocess import arrange_inputs
 from torchloom.errors import DataError
 from torchloom.tasks import Task
 from torchloom.train.loop import Evaluator
@@ -76,7 +77,9 @@ class Run:
         """Predict for raw inputs, preprocessed as training did.
 
         Args:
-            features: (num_samples, num_features) array-like of raw values.
+            features: (num_samples, num_features) array-like of raw values; images as
+                (num_samples, channels, height, width), (num_samples, height, width, channels)
+                or, for one channel, (num_samples, height, width).
             preprocessed: the inputs are already scaled (skip the saved preprocessing).
 
         Returns:
@@ -85,13 +88,8 @@ class Run:
         """
         array = np.asarray(features, dtype=np.float32)
         expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
-        if array.ndim == 1 and len(expected) == 1:
-            array = array.reshape(1, -1)
-        if tuple(array.shape[1:]) != expected:
-            raise DataError(
-                f"inputs have shape {tuple(array.shape[1:])} per sample; the model was trained "
-                f"on {expected}."
-            )
+        # Images may come channels-last, without the channel axis, or as flat rows.
+        array = arrange_inputs(array, expected)
         if not preprocessed:
             array = self.preprocess.transform(array)
         inputs = torch.from_numpy(array).to(self.device)

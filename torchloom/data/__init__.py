@@ -12,12 +12,24 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from torchloom.data.augment import Augment
 from torchloom.data.loader import BatchLoader
 from torchloom.data.preprocess import Preprocess
 from torchloom.data.sources import SOURCES, Table
 from torchloom.errors import DataError, lookup
 
-__all__ = ["BatchLoader", "Data", "Preprocess", "Split", "Table", "from_arrays", "load", "names"]
+__all__ = [
+    "Augment",
+    "BatchLoader",
+    "Data",
+    "Preprocess",
+    "Split",
+    "Table",
+    "from_arrays",
+    "load",
+    "names",
+    "option_problems",
+]
 
 
 @dataclass
@@ -103,24 +115,46 @@ def names() -> list[str]:
     return sorted(SOURCES)
 
 
+def option_problems(name: str, options: dict, where: str = "data") -> list[str]:
+    """Options that source `name` does not take, one line each with the closest known option."""
+    import inspect
+
+    from torchloom.errors import did_you_mean
+
+    if name not in SOURCES:
+        return []
+    known = list(inspect.signature(SOURCES[name]).parameters)
+    return [
+        f"{where}.{key}: data source '{name}' has no option '{key}'.{did_you_mean(key, known)} "
+        f"Options: {', '.join(known) or 'none'}."
+        for key in options
+        if key not in known
+    ]
+
+
 def load(
     name: str,
     *,
     val: float = 0.1,
     test: float = 0.2,
     seed: int = 0,
-    standardize: bool = True,
+    standardize: bool | str = True,
     **options,
 ) -> Data:
     """Load a built-in or file data source, split it, and fit preprocessing on train.
 
     Args:
         name: a source from `names()`: "digits", "iris", "wine", "breast_cancer", "diabetes",
-            or "csv" (with `path=` and `target=`).
-        val, test: fractions of all samples held out for validation and test.
+            "csv" (with `path=` and `target=`), or the image sources "fashion_mnist", "idx",
+            "mnist_5k", "cifar10", "image_folder".
+        val, test: fractions of all samples held out for validation and test. Sources with an
+            official test set (fashion_mnist, idx, cifar10) use it whenever `test` > 0, and
+            `val` is a fraction of their official training set.
         seed: seeds the split.
-        standardize: scale every feature to zero mean and unit variance (fitted on train).
-        **options: the source's own options (e.g. `path`, `target` for "csv").
+        standardize: scale to zero mean and unit variance, fitted on train: per feature for
+            tables, per channel for images; or "per_feature" / "per_channel"; False is off.
+        **options: the source's own options (e.g. `path`, `target` for "csv", `shape="image"`
+            for "digits").
 
     Returns:
         A `Data` with train/val/test splits as tensors.
@@ -246,8 +280,12 @@ def from_arrays(
     return data
 
 
-def split_table(table: Table, *, val: float, test: float, seed: int, standardize: bool) -> Data:
-    """Split a table (stratified for classes), fit preprocessing on train, make tensors."""
+def split_table(
+    table: Table, *, val: float, test: float, seed: int, standardize: bool | str
+) -> Data:
+    """Split a table (stratified for classes), fit preprocessing on train, make tensors.
+
+    A table with an official test set (`table.test_start`) keeps it as the test split."""
     from sklearn.model_selection import train_test_split
 
     for label, fraction in (("val", val), ("test", test)):
@@ -261,16 +299,17 @@ def split_table(table: Table, *, val: float, test: float, seed: int, standardize
     num_samples = len(table.features)
     if num_samples == 0:
         raise DataError(f"data '{table.name}' is empty: no samples to train on.")
+    integer = np.issubdtype(table.features.dtype, np.integer)  # raw pixels: never NaN
     flat = table.features.reshape(num_samples, -1)
-    missing = np.isnan(flat)
-    if missing.any():
+    missing = None if integer else np.isnan(flat)
+    if missing is not None and missing.any():
         row, column = (int(i) for i in np.argwhere(missing)[0])
         raise DataError(
             f"data '{table.name}': missing value (NaN) in feature '{table.feature_names[column]}' "
             f"at row {row}. Fill or drop missing values before training."
         )
-    infinite = np.isinf(flat)
-    if infinite.any():
+    infinite = None if integer else np.isinf(flat)
+    if infinite is not None and infinite.any():
         row, column = (int(i) for i in np.argwhere(infinite)[0])
         raise DataError(
             f"data '{table.name}': infinite value in feature '{table.feature_names[column]}' at "
@@ -295,9 +334,16 @@ def split_table(table: Table, *, val: float, test: float, seed: int, standardize
                 f"Use a larger dataset or a different data.{name} fraction."
             ) from None
 
-    rest, test_index = hold_out(index, test, "test")
-    # The validation fraction is of all samples, so rescale it to the remaining pool.
-    train_index, val_index = hold_out(rest, val / (1 - test) if val else 0, "val")
+    if table.test_start is not None:
+        # The source's official test set (Fashion-MNIST, CIFAR-10) whenever a test split is
+        # asked for (test 0 leaves it out); val is then a fraction of the official training set.
+        rest = index[: table.test_start]
+        test_index = index[table.test_start :] if test else index[:0]
+        train_index, val_index = hold_out(rest, val, "val")
+    else:
+        rest, test_index = hold_out(index, test, "test")
+        # The validation fraction is of all samples, so rescale it to the remaining pool.
+        train_index, val_index = hold_out(rest, val / (1 - test) if val else 0, "val")
     for name, held in (("val", val_index), ("test", test_index)):
         if len(held) == 1:
             raise DataError(

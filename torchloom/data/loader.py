@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from torchloom.data.augment import Augment
+
 
 class BatchLoader:
     """Yields `(features, targets)` batches from tensors already in memory (and on the device).
@@ -22,6 +24,8 @@ class BatchLoader:
         shuffle: draw a new permutation each epoch; otherwise keep the order.
         seed: seeds the permutation generator.
         drop_last: skip the last incomplete batch.
+        augment: an `Augment` applied to each yielded batch of images (training only: the
+            evaluation reads splits directly); its draws depend on (seed, epoch, batch index).
 
     The loader's position is exposable for resume: `state_dict()` holds the generator state at the
     start of the current epoch and how many batches of it were already yielded.
@@ -36,6 +40,7 @@ class BatchLoader:
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        augment: Augment | None = None,
     ):
         assert len(features) == len(targets)
         self.features = features
@@ -46,6 +51,8 @@ class BatchLoader:
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start_state = self.generator.get_state()
         self.position = 0  # batches already yielded in the current epoch
+        self.augment = augment if augment is not None and augment.active else None
+        self.epoch = 0  # whole epochs yielded so far, for the augmentation's draws
 
     def __len__(self) -> int:
         n = len(self.features)
@@ -68,20 +75,23 @@ class BatchLoader:
         size = self.batch_size
         for batch_index in range(self.position, len(self)):
             self.position = batch_index + 1
-            yield (
-                features[batch_index * size : (batch_index + 1) * size],
-                targets[batch_index * size : (batch_index + 1) * size],
-            )
+            inputs = features[batch_index * size : (batch_index + 1) * size]
+            if self.augment is not None:
+                inputs = self.augment(inputs, self.epoch, batch_index)
+            yield inputs, targets[batch_index * size : (batch_index + 1) * size]
         self.position = 0
+        self.epoch += 1
 
     def state_dict(self) -> dict:
         """The generator state at the start of the current epoch (or of the next one, between
-        epochs) and how many of its batches were already yielded."""
+        epochs), how many of its batches were already yielded, and the epoch count (which seeds
+        augmentation)."""
         between_epochs = self.position == 0
         generator = self.generator.get_state() if between_epochs else self.epoch_start_state
-        return {"generator": generator.clone(), "position": self.position}
+        return {"generator": generator.clone(), "position": self.position, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch_start_state = state["generator"].clone()
         self.generator.set_state(self.epoch_start_state)
         self.position = int(state["position"])
+        self.epoch = int(state.get("epoch", 0))

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from torchloom.errors import DataError
+
 
 @dataclass
 class Preprocess:
@@ -15,7 +17,10 @@ class Preprocess:
         feature_names: the input columns, in order.
         classes: class names in output-index order (classification), else None.
         task: "classification" or "regression".
-        mean, std: per-feature standardization fitted on the training split; None when off.
+        mean, std: standardization fitted on the training split, one value per feature or per
+            channel (see `per`); None when off.
+        per: "feature" (tables) or "channel" (images: one mean and std per color channel, over
+            every pixel of the training images).
     """
 
     feature_names: list[str]
@@ -24,10 +29,35 @@ class Preprocess:
     mean: list[float] | None = None
     std: list[float] | None = None
     extra: dict = field(default_factory=dict)
+    per: str = "feature"
 
-    def fit(self, train_features: np.ndarray, standardize: bool) -> Preprocess:
-        """Fit the scaler on training features (num_samples, num_features) only."""
-        if standardize:
+    def fit(self, train_features: np.ndarray, standardize: bool | str) -> Preprocess:
+        """Fit the scaler on the training features only.
+
+        Args:
+            train_features: (num_samples, num_features) or images (num_samples, channels,
+                height, width).
+            standardize: True (per channel for images, per feature otherwise), "per_feature",
+                "per_channel", or False (no scaling).
+        """
+        if standardize is True:
+            self.per = "channel" if train_features.ndim == 4 else "feature"
+        elif standardize in ("per_feature", "per_channel"):
+            self.per = standardize.removeprefix("per_")
+        elif standardize is not False:
+            raise DataError(
+                f"data.standardize: expected true, false, per_feature or per_channel, got "
+                f"{standardize!r}."
+            )
+        if standardize is not False and self.per == "channel":
+            if train_features.ndim < 3:
+                raise DataError(
+                    f"data.standardize: per_channel needs images (num_samples, channels, height, "
+                    f"width); these samples have shape {train_features.shape[1:]}. Use "
+                    "per_feature or true."
+                )
+            self.mean, self.std = _channel_statistics(train_features)
+        elif standardize is not False:
             flat = train_features.reshape(len(train_features), -1).astype(np.float64)
             std = flat.std(axis=0)
             # A constant feature (a border pixel that is always 0) keeps its scale.
@@ -41,10 +71,15 @@ class Preprocess:
         features = np.asarray(features, dtype=np.float32)
         if self.mean is None:
             return features
-        shape = features.shape
-        flat = features.reshape(len(features), -1)
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
+        if self.per == "channel":
+            # (channels,) -> (1, channels, 1, 1): broadcast over samples and pixels.
+            trailing = (1,) * (features.ndim - 2)
+            mean, std = mean.reshape(1, -1, *trailing), std.reshape(1, -1, *trailing)
+            return ((features - mean) / std).astype(np.float32, copy=False)
+        shape = features.shape
+        flat = features.reshape(len(features), -1)
         return ((flat - mean) / std).reshape(shape).astype(np.float32)
 
     def to_json(self) -> dict:
@@ -53,7 +88,9 @@ class Preprocess:
             "task": self.task,
             "feature_names": self.feature_names,
             "classes": self.classes,
-            "standardize": None if self.mean is None else {"mean": self.mean, "std": self.std},
+            "standardize": None
+            if self.mean is None
+            else {"mean": self.mean, "std": self.std, "per": self.per},
             "extra": self.extra,
         }
 
@@ -67,4 +104,59 @@ class Preprocess:
             mean=scale.get("mean"),
             std=scale.get("std"),
             extra=payload.get("extra", {}),
+            per=scale.get("per", "feature"),
         )
+
+
+def _channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of each channel of (n, channels, ...) images, in float64.
+
+    Summed over chunks of samples so a 60,000-image training set never needs a float64 copy.
+    """
+    channels = images.shape[1]
+    count = images.size // channels
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].astype(np.float64)
+        block = block.reshape(len(block), channels, -1)  # (chunk, channels, pixels)
+        total += block.sum(axis=(0, 2))
+        squares += np.square(block).sum(axis=(0, 2))
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std[std < 1e-12] = 1.0  # a constant channel keeps its scale
+    return mean.tolist(), std.tolist()
+
+
+def arrange_inputs(array: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
+    """Inputs for prediction in the (num_samples, *sample_shape) layout training used.
+
+    Accepts the layout itself, one sample without the batch axis, flat rows (a CSV of pixels),
+    grayscale images without the channel axis (n, height, width), and channels-last images
+    (n, height, width, channels) as image files and most libraries hold them.
+
+    Raises:
+        DataError: a shape that is none of these.
+    """
+    sample_shape = tuple(sample_shape)
+    shape = tuple(array.shape)
+    size = int(np.prod(sample_shape))
+    if shape == sample_shape:
+        return array[None]  # one sample
+    if shape[1:] == sample_shape:
+        return array
+    if array.ndim == 2 and shape[1] == size:
+        return array.reshape(len(array), *sample_shape)  # flat rows
+    if len(sample_shape) == 3:
+        channels, height, width = sample_shape
+        if channels == 1 and shape[1:] == (height, width):
+            return array[:, None]
+        if shape[1:] == (height, width, channels):
+            return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+    raise DataError(
+        f"inputs have shape {shape[1:]} per sample; the model was trained on {sample_shape}"
+        + (" (channels, height, width)" if len(sample_shape) == 3 else "")
+        + ". Give an array of shape (num_samples, "
+        + ", ".join(map(str, sample_shape))
+        + ")."
+    )

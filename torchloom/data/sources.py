@@ -20,13 +20,17 @@ class Table:
     """A whole dataset in memory.
 
     Attributes:
-        features: (num_samples, num_features) float32.
+        features: (num_samples, num_features) float32 for tables; images are
+            (num_samples, channels, height, width), raw pixel values (uint8 is kept as uint8 to
+            save memory until preprocessing turns each split into float32).
         targets: (num_samples,) int64 class indices for classification, (num_samples, k) float32
             for regression.
         task: "classification" or "regression".
         classes: class names in index order (classification), else None.
         feature_names: one name per feature column.
         name: where the data came from, for messages and run names.
+        test_start: rows from this index on are the source's official test set (Fashion-MNIST,
+            CIFAR-10); None when the test split is drawn at random.
     """
 
     features: np.ndarray
@@ -35,6 +39,7 @@ class Table:
     classes: list[str] | None
     feature_names: list[str]
     name: str
+    test_start: int | None = None
 
 
 def _from_sklearn(loader: Callable, name: str, task: str) -> Table:
@@ -54,11 +59,23 @@ def _from_sklearn(loader: Callable, name: str, task: str) -> Table:
     return Table(features, targets, task, classes, feature_names, name)
 
 
-def digits() -> Table:
-    """scikit-learn's 1,797 real 8x8 handwritten digits (64 pixel features, 10 classes)."""
+def digits(shape: str = "flat") -> Table:
+    """scikit-learn's 1,797 real 8x8 handwritten digits, 10 classes.
+
+    Args:
+        shape: "flat" (64 pixel features, the default) or "image" ((1, 8, 8) images for
+            convolutional networks). Pixel values are 0..16 either way.
+    """
     from sklearn.datasets import load_digits
 
-    return _from_sklearn(load_digits, "digits", "classification")
+    if shape not in ("flat", "image"):
+        raise DataError(
+            f"data.shape: expected 'flat' (64 features) or 'image' (1x8x8), got {shape!r}."
+        )
+    table = _from_sklearn(load_digits, "digits", "classification")
+    if shape == "image":
+        table.features = table.features.reshape(-1, 1, 8, 8)  # (num_samples, 1, 8, 8)
+    return table
 
 
 def iris() -> Table:
@@ -150,6 +167,16 @@ def csv(path: str | None = None, target: str | None = None, task: str | None = N
     return Table(features, targets, task, classes, [str(c) for c in frame.columns], str(path))
 
 
+# Image sources live in their own modules; they build `Table`s, so they are imported here, after
+# `Table` is defined.
+from torchloom.data.images import (  # noqa: E402
+    cifar10,
+    fashion_mnist,
+    idx,
+    image_folder,
+    mnist_5k,
+)
+
 SOURCES: dict[str, Callable[..., Table]] = {
     "digits": digits,
     "iris": iris,
@@ -157,4 +184,9 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "breast_cancer": breast_cancer,
     "diabetes": diabetes,
     "csv": csv,
+    "fashion_mnist": fashion_mnist,
+    "idx": idx,
+    "mnist_5k": mnist_5k,
+    "cifar10": cifar10,
+    "image_folder": image_folder,
 }

@@ -1,7 +1,7 @@
 """The model zoo: plain `nn.Module` builders in a registry, plus sizing from the data.
 
     model = torchloom.models.build("mlp", hidden=[128, 64])   # sizes come from the data in fit
-    torchloom.models.names()                                   # ['layers', 'mlp']
+    torchloom.models.names()      # ['convnet', 'layers', 'lenet', 'mlp', 'resnet']
 
 Adding a model is one builder function plus one line in `BUILDERS`. A builder takes keyword
 options and may take `in_features` and `num_outputs`; left out, they are inferred from the data.
@@ -17,17 +17,24 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "layers": layers,
+    "lenet": lenet,
+    "convnet": convnet,
+    "resnet": resnet,
 }
 
 # Checks of a builder's option values that can run before anything is built.
 OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "layers": lambda options: layer_problems(options.get("layers")),
+    "convnet": convnet_problems,
+    "resnet": resnet_problems,
+    "lenet": lambda options: convnet_problems({"activation": options.get("activation", "relu")}),
 }
 
 __all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
@@ -106,6 +113,12 @@ def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+    if num_outputs is not None and output.dim() == 4:
+        raise TorchloomError(
+            f"model gives image-shaped outputs {(-1, *output.shape[1:])} but the data needs "
+            f"(batch, {num_outputs}). End the network with flatten (or global_avg_pool) and a "
+            "linear layer."
+        )
     width = output.shape[-1] if output.dim() > 1 else 1
     if num_outputs is not None and width != num_outputs:
         raise TorchloomError(

@@ -3,6 +3,7 @@
 A layer list is what a user writes in YAML:
 
     layers: [{linear: 128}, relu, {dropout: 0.2}, {linear: 64}, relu, {linear: 10}]
+    layers: [{conv2d: 32}, batch_norm, relu, {max_pool: 2}, flatten, {linear: outputs}]
 
 Each entry is a layer name, or a one-key mapping from a name to its size or options. In-features
 and channel counts come from the data: PyTorch's lazy layers take their size from the first batch,
@@ -60,6 +61,82 @@ def _linear(size, where: str) -> nn.Module:
     return nn.LazyLinear(_positive_int(units, where), bias=bool(bias))
 
 
+class BatchNorm(nn.LazyBatchNorm1d):
+    """Batch normalization for whatever comes in: it becomes `nn.BatchNorm2d` on images
+    (batch, channels, height, width) and `nn.BatchNorm1d` on (batch, features) or
+    (batch, channels, length), sized on the first batch like every lazy layer."""
+
+    def initialize_parameters(self, input) -> None:
+        self.cls_to_become = nn.BatchNorm2d if input.dim() == 4 else nn.BatchNorm1d
+        super().initialize_parameters(input)
+
+    def _check_input_dim(self, input) -> None:
+        if input.dim() not in (2, 3, 4):
+            raise ValueError(f"expected 2D, 3D or 4D input (got {input.dim()}D input)")
+
+
+class GlobalAvgPool(nn.Module):
+    """The mean over height and width: (batch, channels, height, width) -> (batch, channels)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs.mean(dim=(2, 3))
+
+
+def _options(size, where: str, first: str, defaults: dict) -> dict:
+    """A layer's options from `N` (the first option) or a mapping; unknown keys are errors."""
+    options = dict(defaults)
+    given = size if isinstance(size, dict) else ({} if size is None else {first: size})
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise TorchloomError(
+            f"{where}: unknown option(s) {unknown}. Options: {', '.join(options)}."
+        )
+    options.update(given)
+    return options
+
+
+def _conv2d(size, where: str) -> nn.Module:
+    if size is None:
+        raise TorchloomError(f"{where}: conv2d needs a channel count, e.g. {{conv2d: 32}}.")
+    options = _options(
+        size, where, "out_channels",
+        {"out_channels": None, "kernel_size": 3, "stride": 1, "padding": 0, "bias": True},
+    )  # fmt: skip
+    channels = _positive_int(options["out_channels"], where)
+    kernel_size = _positive_int(options["kernel_size"], where)
+    stride = _positive_int(options["stride"], where)
+    padding = options["padding"]
+    if padding == "same" and stride != 1:
+        raise TorchloomError(f"{where}: padding 'same' needs stride 1, got stride {stride}.")
+    if padding != "same" and not _whole(padding, 0):
+        raise TorchloomError(f"{where}: padding expects pixels >= 0 or 'same', got {padding!r}.")
+    return nn.LazyConv2d(channels, kernel_size, stride, padding, bias=bool(options["bias"]))
+
+
+def _whole(value, low: int, high: float = float("inf")) -> bool:
+    """Is `value` a whole number (not a bool) in [low, high]?"""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _pool(pool_class: type[nn.Module]) -> Callable[[object, str], nn.Module]:
+    """A builder for `max_pool` / `avg_pool`: `N` (kernel and stride N) or a mapping."""
+
+    def build(size, where: str) -> nn.Module:
+        defaults = {"kernel_size": 2, "stride": None, "padding": 0}
+        options = _options(size, where, "kernel_size", defaults)
+        kernel_size = _positive_int(options["kernel_size"], where)
+        stride = kernel_size if options["stride"] is None else options["stride"]
+        stride = _positive_int(stride, where)
+        padding = options["padding"]
+        if not _whole(padding, 0, kernel_size // 2):
+            raise TorchloomError(
+                f"{where}: pool padding must be 0..kernel_size/2, got {padding!r}."
+            )
+        return pool_class(kernel_size, stride, padding)
+
+    return build
+
+
 def _dropout(size, where: str) -> nn.Module:
     probability = 0.5 if size is None else size
     if not isinstance(probability, int | float) or not 0 <= probability < 1:
@@ -76,7 +153,13 @@ def _positive_int(value, where: str) -> int:
 LAYERS: dict[str, Callable[[object, str], nn.Module]] = {
     "linear": _linear,
     "dropout": _dropout,
-    "batch_norm": lambda size, where: nn.LazyBatchNorm1d(),
+    "batch_norm": lambda size, where: BatchNorm(),
+    "batch_norm1d": lambda size, where: nn.LazyBatchNorm1d(),
+    "batch_norm2d": lambda size, where: nn.LazyBatchNorm2d(),
+    "conv2d": _conv2d,
+    "max_pool": _pool(nn.MaxPool2d),
+    "avg_pool": _pool(nn.AvgPool2d),
+    "global_avg_pool": lambda size, where: GlobalAvgPool(),
     "layer_norm": lambda size, where: nn.LayerNorm(_positive_int(size, where)),
     "flatten": lambda size, where: nn.Flatten(),
     **{name: (lambda size, where, cls=cls: cls()) for name, cls in ACTIVATIONS.items()},
@@ -118,8 +201,9 @@ def layers(
 ) -> nn.Sequential:
     """Build an `nn.Sequential` from a layer list (see the module docstring).
 
-    The input is flattened first when the first layer is linear. `{linear: outputs}` makes an
-    output layer sized from the data.
+    The input is flattened first when the first layer is linear, and so is the output of
+    conv and pool layers that a linear layer follows without a `flatten`. `{linear: outputs}`
+    makes an output layer sized from the data.
 
     Raises:
         TorchloomError: one message listing every bad entry, by index.
@@ -127,9 +211,15 @@ def layers(
     problems = layer_problems(layers)
     if problems:
         raise TorchloomError("; ".join(problems))
-    modules = [_build_layer(entry, f"model.layers[{i}]") for i, entry in enumerate(layers)]
-    if isinstance(modules[0], nn.Linear | nn.LazyLinear):
-        modules.insert(0, nn.Flatten())
+    modules = []
+    spatial = True  # the input may be an image until something flattens it
+    for index, entry in enumerate(layers):
+        module = _build_layer(entry, f"model.layers[{index}]")
+        if isinstance(module, nn.Linear | nn.LazyLinear) and spatial:
+            modules.append(nn.Flatten())  # (batch, channels, height, width) -> (batch, features)
+        if isinstance(module, nn.Linear | nn.LazyLinear | nn.Flatten | GlobalAvgPool):
+            spatial = False
+        modules.append(module)
     return nn.Sequential(*modules)
 
 
@@ -175,4 +265,13 @@ def dry_run(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
         return output
 
 
-__all__ = ["ACTIVATIONS", "LAYERS", "OutputHead", "dry_run", "layers", "set_num_outputs"]
+__all__ = [
+    "ACTIVATIONS",
+    "LAYERS",
+    "BatchNorm",
+    "GlobalAvgPool",
+    "OutputHead",
+    "dry_run",
+    "layers",
+    "set_num_outputs",
+]

@@ -117,7 +117,7 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
             },
             "scheduler": encode(state.schedule.state_dict()),
             "scaler": encode(state.scaler.state_dict()),
-            "loader": {"position": loader_state["position"]},
+            "loader": {"position": loader_state["position"], "epoch": loader_state["epoch"]},
             "rng": {
                 "python": encode(random.getstate()),
                 "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
@@ -190,9 +190,7 @@ def restore(state: TrainState, checkpoint: dict) -> None:
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.schedule.load_state_dict(decode(info["scheduler"]))
     state.scaler.load_state_dict(decode(info["scaler"]))
-    state.loader.load_state_dict(
-        {"generator": extra["loader.generator"], "position": info["loader"]["position"]}
-    )
+    state.loader.load_state_dict({"generator": extra["loader.generator"], **info["loader"]})
     state.epoch, state.step, state.lr = info["epoch"], info["step"], info["lr"]
     state.skipped_steps = info.get("skipped_steps", 0)
     state.logs, state.history = info["logs"], info["history"]
