@@ -32,6 +32,13 @@ CONFIG = {
     },
     "output": {"checkpoint_every_steps": 5, "keep_last": 3, "checkpoint_interval": 0},
 }
+# The same run on digits as 1x8x8 images: a convnet with batch norm and dropout, random crops
+# and flips on the training batches.
+IMAGES = {
+    **CONFIG,
+    "data": {"name": "digits", "shape": "image", "augment": {"crop_padding": 1, "flip": True}},
+    "model": {"name": "convnet", "channels": [8, 16], "dropout": 0.2, "hidden": [32]},
+}
 
 
 class KillAt(tl.Callback):
@@ -55,6 +62,7 @@ def main() -> None:
     parser.add_argument("--kill", default="none:0")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--checkpoint-every", type=int, default=5)
+    parser.add_argument("--images", action="store_true")
     args = parser.parse_args()
     where, number = args.kill.split(":")
     if where == "validation":
@@ -72,7 +80,8 @@ def main() -> None:
         f"output.name={args.name}",
         f"output.checkpoint_every_steps={args.checkpoint_every}",
     ]
-    tl.fit_config(CONFIG, overrides, callbacks=[KillAt(where, int(number), args.sleep)])
+    config = IMAGES if args.images else CONFIG
+    tl.fit_config(config, overrides, callbacks=[KillAt(where, int(number), args.sleep)])
 
 
 if __name__ == "__main__":

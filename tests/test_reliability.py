@@ -74,6 +74,17 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path, baseline, ki
 
 
 @pytest.mark.slow
+def test_resume_is_exact_with_augmentation_batch_norm_and_dropout(tmp_path):
+    baseline = scenario(tmp_path, "base", "--images")
+    assert baseline.returncode == 0, baseline.stderr
+    killed = scenario(tmp_path, "run", "--images", "--kill", "step:23")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_cli("train", "--resume", str(tmp_path / "run"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "base", tmp_path / "run")
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_is_exact(tmp_path, baseline):
     process = subprocess.Popen(
         [*SCENARIO, str(tmp_path), "run", "--sleep", "0.05"],
