@@ -473,7 +473,8 @@ def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> l
         built_in.append(EarlyStopping(**trainer.early_stopping.model_dump()))
     checkpoint = None
     if run_dir is not None:
-        built_in += [JsonlSink(run_dir / "metrics.jsonl"), CsvSink(run_dir / "metrics.csv")]
+        jsonl = JsonlSink(run_dir / "metrics.jsonl")
+        built_in += [jsonl, CsvSink(run_dir / "metrics.csv")]
         if output.tensorboard:
             built_in.append(TensorBoardSink(run_dir))
         if output.checkpoints:
@@ -485,6 +486,7 @@ def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> l
                 output.checkpoint_every_steps,
                 output.checkpoint_interval,
             )
+            checkpoint.before_save.append(jsonl.sync)
             built_in.append(checkpoint)
     if trainer.progress:
         built_in.append(ProgressBar())

@@ -261,6 +261,7 @@ class Checkpoint(Callback):
         self.directory = Path(directory)
         self.interval = interval
         self.last_save = 0.0
+        self.before_save: list = []
         self.keep_last = keep_last
         self.monitor = monitor
         self.mode = mode_for(monitor, mode)
@@ -297,6 +298,8 @@ class Checkpoint(Callback):
 
     def save(self, state: TrainState, value: float | None) -> Path:
         state.check_finite("saving a checkpoint")
+        for sync in self.before_save:  # logs up to this step must be on disk before it is
+            sync()
         self.last_save = time.monotonic()
         name = f"step-{state.step:08d}"
         path = save_checkpoint(self.directory / name, state, {"monitor": self.monitor})

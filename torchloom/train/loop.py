@@ -90,6 +90,8 @@ def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainSt
     sizes = [loader.batch_size] * full + ([rest] if rest and not loader.drop_last else [])
     weights = accumulation_weights(sizes, parts.accumulate)
     last_batch = len(sizes) - 1
+    counts = torch.tensor(sizes, dtype=torch.float32, device=loader.features.device)
+    total_samples = sum(sizes)
     notify("on_fit_start", state)
     for epoch in range(state.epoch, state.num_epochs):
         state.epoch = epoch
@@ -140,9 +142,12 @@ def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainSt
         # The epoch's training loss: the mean over samples of the batch-mean losses (batches
         # skipped for non-finite values are left out).
         losses = torch.stack(batch_losses).float()
-        counts = torch.tensor(sizes, dtype=torch.float32, device=losses.device)
-        finite = torch.isfinite(losses) if parts.skip_nonfinite else torch.ones_like(counts).bool()
-        train_loss = float((losses * counts)[finite].sum() / counts[finite].sum())
+        if parts.skip_nonfinite:
+            weights_kept = torch.where(torch.isfinite(losses), counts, 0.0)
+            losses = torch.nan_to_num(losses, nan=0.0, posinf=0.0, neginf=0.0)
+            train_loss = float((losses * weights_kept).sum() / weights_kept.sum())
+        else:
+            train_loss = float((losses * counts).sum() / total_samples)
         if not math.isfinite(train_loss):
             state.check_finite("ending the epoch")
         state.logs = {"epoch": epoch + 1, "train/loss": train_loss, "lr": state.lr}

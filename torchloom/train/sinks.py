@@ -17,8 +17,9 @@ class JsonlSink(Callback):
     Step lines carry `step`, `epoch`, `train/loss`, `lr` (and `grad_norm`, step validation);
     epoch lines add `"kind": "epoch"` and every validation metric. The file is append-only: each
     line goes out in one `write` system call (so a killed process never leaves half a line) and
-    the file is fsynced at every epoch end. On resume it is rewritten atomically without the
-    lines past the checkpoint's step, which are then logged again: no step twice, none missing.
+    the file is fsynced before every checkpoint and at the end. On resume it is rewritten
+    atomically without the lines past the checkpoint's step, which are then logged again: no
+    step twice, none missing.
     """
 
     def __init__(self, path: str | Path):
@@ -43,7 +44,11 @@ class JsonlSink(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         self.write({"kind": "epoch", "step": state.step, **state.logs})
-        os.fsync(self.descriptor)
+
+    def sync(self) -> None:
+        """Make the lines so far durable; the checkpoint calls this before each save."""
+        if self.descriptor is not None:
+            os.fsync(self.descriptor)
 
     def on_fit_end(self, state: TrainState) -> None:
         if self.descriptor is not None:
