@@ -358,8 +358,10 @@ Rerun `python benchmarks/overhead.py --write-docs` to refresh every number on th
 "Quiet" is `fit(..., progress=False, output_dir=None)`: the training loop alone. "Full" is
 `fit(..., progress=True, output_dir=<temp dir>)`, what `torchloom train` does by default: one
 progress line per epoch (stdout is not a terminal here, so no live bar) and everything `fit`
-writes into a run directory: metrics logs, TensorBoard events, a fsynced checkpoint folder
-after every epoch (the last 2 kept), and at the end the model, the summary and the report.
+writes into a run directory: metrics logs, TensorBoard events, fsynced checkpoint folders
+(at most one per 30 s of epochs, and after the last epoch), and at the end the model, the
+summary and the report with its plots (about 0.2-0.3 s per run, most of it matplotlib: the
+larger part of "full" overhead on these short runs of 1-2 s).
 
 ## Where the difference goes
 
