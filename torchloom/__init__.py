@@ -21,6 +21,8 @@ _LAZY = {
     "fit_config": ("torchloom.api", "fit_config"),
     "load_run": ("torchloom.api", "load_run"),
     "lr_find": ("torchloom.lr_finder", "lr_find"),
+    "doctor": ("torchloom.diagnosis", "doctor"),
+    "explain": ("torchloom.explanations", "explain"),
     "Run": ("torchloom.run", "Run"),
     "Callback": ("torchloom.train.callbacks", "Callback"),
     "EarlyStopping": ("torchloom.train.callbacks", "EarlyStopping"),

@@ -24,6 +24,7 @@ from torchloom.run import Run
 from torchloom.tasks import TASKS, make_task
 from torchloom.train.callbacks import Callback, Dispatcher, EarlyStopping, History, TrainState
 from torchloom.train.checkpoint import Checkpoint
+from torchloom.train.diagnostics import DiagnosticsRecorder
 from torchloom.train.loop import Evaluator, LoopParts, fit_loop
 from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
 from torchloom.train.step import (
@@ -59,6 +60,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "precision": ("trainer", "precision"),
     "compile": ("trainer", "compile"),
     "deterministic": ("trainer", "deterministic"),
+    "diagnostics_every": ("trainer", "diagnostics_every"),
     "scheduler": ("scheduler",),
     "early_stopping": ("trainer", "early_stopping"),
     "output_dir": ("output", "dir"),
@@ -322,9 +324,20 @@ def _fit(model: nn.Module, data: Data, config: Config, callbacks: list[Callback]
         history=state.history,
         directory=run_dir,
     )
+    run.diagnostics = _diagnostics(built_in, run)
     if run_dir is not None:
         _finish_run_dir(run, state, time.perf_counter() - started)
     return run
+
+
+def _diagnostics(callbacks: list[Callback], run: Run) -> dict | None:
+    """What the doctor reads: the recorder's samples and facts about the data and the fit."""
+    recorder = next((c for c in callbacks if isinstance(c, DiagnosticsRecorder)), None)
+    if recorder is None:
+        return None
+    from torchloom.diagnosis.facts import run_facts
+
+    return {"format": 1, **recorder.result(), "facts": run_facts(run)}
 
 
 def prepare(model: nn.Module, data: Data, config: Config, device: torch.device) -> tuple:
@@ -413,6 +426,8 @@ def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> l
             built_in.append(
                 Checkpoint(run_dir / "checkpoints", output.keep_last, monitor, output.mode)
             )
+    if trainer.diagnostics_every:
+        built_in.append(DiagnosticsRecorder(trainer.diagnostics_every, not trainer.compile))
     if trainer.progress:
         built_in.append(ProgressBar())
     return built_in
@@ -435,6 +450,8 @@ def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
     if run.data.test is not None:
         summary["test"] = run.evaluate("test")
     atomic_write_json(run_dir / "summary.json", summary)
+    if run.diagnostics is not None:
+        atomic_write_json(run_dir / "diagnostics.json", run.diagnostics)
     write_report(run, summary)
 
 
@@ -501,7 +518,7 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loaded_data = load_data(config) if data and has_source else None
-    return Run(
+    run = Run(
         model=model,
         task=task,
         loss_fn=loss_fn,
@@ -510,3 +527,6 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         data=loaded_data,
         directory=run_dir,
     )
+    if (run_dir / "diagnostics.json").is_file():
+        run.diagnostics = json.loads((run_dir / "diagnostics.json").read_text())
+    return run

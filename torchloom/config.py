@@ -233,6 +233,9 @@ class TrainerConfig(Section):
     precision: Literal["32", "bf16", "fp16"] = "32"
     compile: bool = False
     deterministic: bool = False
+    diagnostics_every: int | None = Field(
+        50, ge=0, description="optimizer steps between doctor samples; 0 or None: off"
+    )
 
     @field_validator("precision", mode="before")
     @classmethod
