@@ -39,7 +39,7 @@ class Explanation:
         feature_names: one name per input feature, in column order.
         attributions: (num_rows, num_features) attribution of each feature for each row.
         targets: (num_rows,) the output explained for each row (its class index).
-        inputs: (num_rows, num_features) the inputs as the model saw them.
+        inputs: (num_rows, num_features) the inputs in their raw units (the scaling undone).
         convergence_delta: integrated gradients only: per row, the attributions' sum minus the
             output's change from the baseline (near 0 when the path integral is accurate).
         image_shape: (height, width) when the input is an image, else None.
@@ -200,7 +200,7 @@ def explain(
             baselines=torch.zeros_like(batch),
             target=targets,
             n_steps=steps,
-            internal_batch_size=max(steps, 256),
+            internal_batch_size=max(len(batch), 512),  # captum needs at least one row per chunk
             return_convergence_delta=True,
         )
         delta = delta.detach().cpu().numpy()
@@ -213,7 +213,7 @@ def explain(
         feature_names=_feature_names(run, flat.shape[1]),
         attributions=flat,
         targets=targets.cpu().numpy(),
-        inputs=features.reshape(len(features), -1),
+        inputs=_raw(run, features.reshape(len(features), -1)),
         convergence_delta=delta,
         image_shape=_image_shape(run, flat.shape[1]),
     )
@@ -246,6 +246,15 @@ def _model_inputs(run, inputs, preprocessed: bool) -> np.ndarray:
             f"trained on {expected}."
         )
     return array if preprocessed else run.preprocess.transform(array)
+
+
+def _raw(run, features: np.ndarray) -> np.ndarray:
+    """(num_rows, num_features) model inputs back in raw units, for showing them to a person."""
+    if run.preprocess.mean is None:
+        return features
+    mean = np.asarray(run.preprocess.mean, dtype=np.float32)
+    std = np.asarray(run.preprocess.std, dtype=np.float32)
+    return features * std + mean
 
 
 def _targets(run, target, outputs: torch.Tensor) -> torch.Tensor:

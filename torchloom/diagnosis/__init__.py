@@ -191,8 +191,7 @@ def evidence_from(run) -> tuple[Evidence, str]:
         config = read_yaml(directory / "config.yaml")
     else:
         config = run.config.model_dump(mode="json")
-        spec = getattr(run.model, "torchloom_build", None)
-        config["model"] = dict(spec) if spec else {"name": "custom"}
+        config["model"] = _model_options(run.model)
     diagnostics = run.diagnostics
     if diagnostics is None and run.data is not None:
         # Recording was off: the data facts can still be measured now, from the data in hand.
@@ -200,6 +199,24 @@ def evidence_from(run) -> tuple[Evidence, str]:
 
         diagnostics = {"facts": run_facts(run), "samples": [], "layers": []}
     return Evidence(history, config, diagnostics), directory.name if directory else "in-memory run"
+
+
+def _model_options(model) -> dict:
+    """A zoo model's name and options, its builder's defaults filled in (as config.yaml has
+    them); {"name": "custom"} for the user's own module."""
+    spec = getattr(model, "torchloom_build", None)
+    if spec is None:
+        return {"name": "custom"}
+    import inspect
+
+    from torchloom.models import BUILDERS
+
+    defaults = {
+        key: list(p.default) if isinstance(p.default, tuple) else p.default
+        for key, p in inspect.signature(BUILDERS[spec["name"]]).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **spec}
 
 
 def _evidence_from_directory(directory: Path) -> Evidence:
