@@ -112,10 +112,11 @@ class DiagnosticsRecorder(Callback):
         if self.current is None:
             return
         self._remove_hooks()
+        # A weight without a gradient (unused in this forward) received nothing: norm 0.
         grads = [
             p.grad.detach().float().norm()
             if p.grad is not None
-            else torch.tensor(float("nan"), device=p.device)
+            else p.new_zeros((), dtype=torch.float)
             for _, p, _ in self.layers
         ]
         self.current["grad_norm"] = torch.stack(grads) if grads else torch.zeros(0)
