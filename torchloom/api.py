@@ -528,5 +528,11 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         directory=run_dir,
     )
     if (run_dir / "diagnostics.json").is_file():
-        run.diagnostics = json.loads((run_dir / "diagnostics.json").read_text())
+        try:
+            run.diagnostics = json.loads((run_dir / "diagnostics.json").read_text())
+        except json.JSONDecodeError as error:
+            raise TorchloomError(
+                f"{run_dir / 'diagnostics.json'}: not valid JSON ({error}). Delete it: only the "
+                "doctor reads it."
+            ) from None
     return run
