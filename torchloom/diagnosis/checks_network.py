@@ -86,8 +86,8 @@ def vanishing_gradients(evidence: Evidence) -> Verdict | None:
         "warning",
         f"at step {sample['step']} the first layer {_layer(evidence, 0)} had gradient norm "
         f"{number(norms[0])} vs {number(norms[-1])} at the last layer {_layer(evidence, -1)}: "
-        f"{orders:.0f} orders of magnitude smaller (median over the first {len(ratios)} "
-        f"samples){frozen_text}.",
+        f"{orders:.0f} orders of magnitude smaller (median over the first "
+        f"{len(ratios)} sample{'s' if len(ratios) > 1 else ''}){frozen_text}.",
         ", ".join(advice) + ".",
         {
             "step": sample["step"],
