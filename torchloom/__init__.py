@@ -22,6 +22,8 @@ _LAZY = {
     "load_run": ("torchloom.api", "load_run"),
     "resume": ("torchloom.api", "resume"),
     "lr_find": ("torchloom.lr_finder", "lr_find"),
+    "doctor": ("torchloom.diagnosis", "doctor"),
+    "explain": ("torchloom.explanations", "explain"),
     "Run": ("torchloom.run", "Run"),
     "Callback": ("torchloom.train.callbacks", "Callback"),
     "EarlyStopping": ("torchloom.train.callbacks", "EarlyStopping"),

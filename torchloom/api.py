@@ -34,6 +34,7 @@ from torchloom.train.callbacks import (
     catch_interrupts,
 )
 from torchloom.train.checkpoint import Checkpoint, find_resumable, restore
+from torchloom.train.diagnostics import DiagnosticsRecorder
 from torchloom.train.loop import Evaluator, LoopParts, fit_loop
 from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
 from torchloom.train.step import (
@@ -73,6 +74,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "compile": ("trainer", "compile"),
     "deterministic": ("trainer", "deterministic"),
     "nonfinite": ("trainer", "nonfinite"),
+    "diagnostics_every": ("trainer", "diagnostics_every"),
     "scheduler": ("scheduler",),
     "early_stopping": ("trainer", "early_stopping"),
     "output_dir": ("output", "dir"),
@@ -378,9 +380,20 @@ def _finish(state, task, loss_fn, config, preprocess, data, started) -> Run:
         history=state.history,
         directory=state.run_dir,
     )
+    run.diagnostics = _diagnostics(state.callbacks, run)
     if state.run_dir is not None:
         _finish_run_dir(run, state, time.perf_counter() - started)
     return run
+
+
+def _diagnostics(callbacks: list[Callback], run: Run) -> dict | None:
+    """What the doctor reads: the recorder's samples and facts about the data and the fit."""
+    recorder = next((c for c in callbacks if isinstance(c, DiagnosticsRecorder)), None)
+    if recorder is None:
+        return None
+    from torchloom.diagnosis.facts import run_facts
+
+    return {"format": 1, **recorder.result(), "facts": run_facts(run)}
 
 
 def prepare(model: nn.Module, data: Data, config: Config, device: torch.device) -> tuple:
@@ -488,6 +501,8 @@ def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> l
             )
             checkpoint.before_save.append(jsonl.sync)
             built_in.append(checkpoint)
+    if trainer.diagnostics_every:
+        built_in.append(DiagnosticsRecorder(trainer.diagnostics_every, not trainer.compile))
     if trainer.progress:
         built_in.append(ProgressBar())
     built_in.append(InterruptHandler(checkpoint))  # last: sees every other callback's work
@@ -516,6 +531,8 @@ def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
     if status == "completed" and run.data.test is not None:
         summary["test"] = run.evaluate("test")
     atomic_write_json(run_dir / "summary.json", summary)
+    if run.diagnostics is not None:
+        atomic_write_json(run_dir / "diagnostics.json", run.diagnostics)
     if state.history:
         write_report(run, summary)
 
@@ -606,7 +623,7 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loaded_data = load_data(config) if data and has_source else None
-    return Run(
+    run = Run(
         model=model,
         task=task,
         loss_fn=loss_fn,
@@ -615,6 +632,15 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         data=loaded_data,
         directory=run_dir,
     )
+    if (run_dir / "diagnostics.json").is_file():
+        try:
+            run.diagnostics = json.loads((run_dir / "diagnostics.json").read_text())
+        except json.JSONDecodeError as error:
+            raise TorchloomError(
+                f"{run_dir / 'diagnostics.json'}: not valid JSON ({error}). Delete it: only the "
+                "doctor reads it."
+            ) from None
+    return run
 
 
 def resume(

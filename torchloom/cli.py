@@ -1,4 +1,4 @@
-"""The command line: `torchloom train|evaluate|predict|summary`.
+"""The command line: `torchloom train|evaluate|predict|summary|lr-find|doctor|explain`.
 
 Parsing imports nothing heavy, so `torchloom --help` answers without importing torch. A user
 mistake prints one message to stderr and exits with code 2.
@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   torchloom predict runs/mlp-digits-20261127-101500 new_samples.csv -o predictions.csv
   torchloom summary examples/wine_layers.yaml
   torchloom lr-find examples/digits_mlp.yaml --plot lr.png
+  torchloom doctor runs/mlp-digits-20261127-101500 --json
+  torchloom explain runs/mlp-digits-20261127-101500 new_samples.csv --plot attributions.png
 """
 
 
@@ -69,6 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = commands.add_parser("summary", help="layers, output shapes and parameter counts")
     summary.add_argument("arguments", nargs="*", metavar="[CONFIG] [key=value ...]")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="verdicts on what went wrong in a run, with evidence and advice",
+        description="Read what a run recorded (metrics.jsonl, diagnostics.json, config.yaml) "
+        "and print each problem found, its evidence and what to try. See docs/doctor.md.",
+    )
+    doctor.add_argument("run_dir", metavar="RUN_DIR")
+    doctor.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+
+    explain = commands.add_parser(
+        "explain",
+        help="which input features drove a run's predictions (integrated gradients, saliency)",
+        description="Attribute each prediction to the input features (needs captum: "
+        "pip install 'torchloom[explain]'). INPUT is a .csv or .npy file as for predict.",
+    )
+    explain.add_argument("run_dir", metavar="RUN_DIR")
+    explain.add_argument("input", metavar="INPUT")
+    explain.add_argument(
+        "--method", default="integrated-gradients", choices=["integrated-gradients", "saliency"]
+    )
+    explain.add_argument("--target", help="class to explain (default: each row's prediction)")
+    explain.add_argument("--top", type=int, default=10, help="features to list (default: 10)")
+    explain.add_argument("--plot", help="write a bar chart (and an image heatmap) to this PNG")
+    explain.add_argument("--json", action="store_true", help="print the ranking as JSON")
     return parser
 
 

@@ -118,6 +118,39 @@ def summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor(args: argparse.Namespace) -> int:
+    from torchloom.diagnosis import doctor as diagnose
+
+    diagnosis = diagnose(args.run_dir, quiet=True)
+    if args.json:
+        print(json.dumps(diagnosis.to_json(), indent=2))
+    else:
+        print(diagnosis)
+    return 0
+
+
+def explain(args: argparse.Namespace) -> int:
+    from torchloom.explanations import explain as attribute
+
+    run = api.load_run(args.run_dir, data=False)
+    features = read_inputs(Path(args.input), run.preprocess.feature_names)
+    explanation = attribute(
+        run, features, method=args.method.replace("-", "_"), target=args.target, plot=args.plot
+    )
+    if args.json:
+        print(json.dumps(explanation.to_json(top=args.top), indent=2))
+        return 0
+    table = Table(title=f"{explanation.method} over {len(features)} input row(s)")
+    for column in ("rank", "feature", "mean |attribution|", "mean attribution"):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    for rank, row in enumerate(explanation.ranking()[: args.top], start=1):
+        table.add_row(str(rank), row["feature"], f"{row['importance']:.4g}", f"{row['mean']:.4g}")
+    console.print(table)
+    for path in explanation.plots:
+        console.print(f"plot: {path}")
+    return 0
+
+
 def print_metrics(metrics: dict[str, float], split: str, task: str) -> None:
     """A table of headline metrics, and for classification a per-class precision/recall table."""
     headline = Table(title=f"{split} metrics")

@@ -261,6 +261,9 @@ class TrainerConfig(Section):
     compile: bool = False
     deterministic: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"
+    diagnostics_every: int | None = Field(
+        50, ge=0, description="optimizer steps between doctor samples; 0 or None: off"
+    )
 
     @field_validator("precision", mode="before")
     @classmethod

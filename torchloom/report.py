@@ -95,7 +95,8 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
 
 
 def write_report(run, summary: dict) -> Path:
-    """Write `plots/*.png` and `report.md` (final metrics table, curves, confusion matrix)."""
+    """Write `plots/*.png`, `report.md` (final metrics table, curves, confusion matrix, the
+    doctor's verdicts) and the self-contained `report.html`."""
     plots = run.dir / "plots"
     plots.mkdir(exist_ok=True)
     images = plot_curves(run.history, plots)
@@ -120,8 +121,37 @@ def write_report(run, summary: dict) -> Path:
     if final:
         lines += ["", "## Last epoch", "", "| key | value |", "|---|---|"]
         lines += [f"| {key} | {value:.6g} |" for key, value in final.items() if key.count("/") <= 1]
+    diagnosis = _diagnose(run, plots, images)
+    lines += ["", "## Doctor", "", *doctor_lines(diagnosis)]
     lines += ["", "## Plots", ""]
     lines += [f"![{image.stem}](plots/{image.name})" for image in images]
     path = run.dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    from torchloom.report_html import write_html_report
+
+    write_html_report(run, summary, images, diagnosis)
     return path
+
+
+def _diagnose(run, plots: Path, images: list[Path]):
+    """The doctor's diagnosis of the run, and its diagnostics plot added to `images`."""
+    from torchloom.diagnosis import doctor
+    from torchloom.diagnosis.plots import plot_diagnostics
+
+    if run.diagnostics:
+        plotted = plot_diagnostics(run.diagnostics, plots / "diagnostics.png")
+        if plotted is not None:
+            images.append(plotted)
+    return doctor(run, quiet=True)
+
+
+def doctor_lines(diagnosis) -> list[str]:
+    """The verdicts as Markdown: one bullet per verdict with its advice, then the notes."""
+    if not diagnosis.verdicts:
+        lines = ["No problems found."]
+    else:
+        lines = [
+            f"- **{v.severity}** `{v.id}`: {v.finding}  \n  Try: {v.advice}"
+            for v in diagnosis.verdicts
+        ]
+    return lines + [f"- note: {note}" for note in diagnosis.notes]

@@ -27,6 +27,8 @@ class Run:
         history: one dict of logs per epoch.
         dir: the run directory, or None when nothing was written.
         preprocess: what prediction applies to raw inputs.
+        diagnostics: what the doctor reads (gradient, update and activation samples, data
+            facts), or None when `trainer.diagnostics_every` was off.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Run:
         self.data = data
         self.history = history or []
         self.dir = directory
+        self.diagnostics: dict | None = None
 
     @property
     def device(self) -> torch.device:

@@ -105,6 +105,10 @@ class TrainState:
         if bool(finite.all()):
             return
         bad = (~torch.isfinite(losses)).nonzero()
+        if not self.history or self.history[-1]["epoch"] != self.epoch + 1:
+            # The diverged epoch goes into the history too, for the doctor and the report.
+            loss = float(losses[bad[0]]) if len(bad) else float("nan")
+            self.history.append({"epoch": self.epoch + 1, "train/loss": loss, "lr": self.lr})
         first_step = self.step
         if self.epoch_losses and len(bad):
             steps_before = self.step - -(-len(self.epoch_losses) // self.accumulate)

@@ -84,15 +84,25 @@ def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainSt
     it reaches the host only every `log_every` optimizer steps and once per epoch. A resumed
     state (loader mid-epoch, partial epoch losses) continues exactly where it stopped.
     """
-    model, optimizer, scaler, loader = state.model, state.optimizer, parts.scaler, state.loader
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    loader = state.loader
     full, rest = divmod(loader.num_samples, loader.batch_size)
     sizes = [loader.batch_size] * full + ([rest] if rest and not loader.drop_last else [])
     weights = accumulation_weights(sizes, parts.accumulate)
-    last_batch = len(sizes) - 1
     counts = torch.tensor(sizes, dtype=torch.float32, device=loader.features.device)
-    total_samples = sum(sizes)
     notify("on_fit_start", state)
+    try:
+        _epochs(state, parts, notify, sizes, weights, counts)
+    finally:  # sinks close and recorders finish even when training stops on an error
+        notify("on_fit_end", state)
+    return state
+
+
+def _epochs(state, parts, notify, sizes, weights, counts) -> None:
+    """The epochs of `fit_loop`: everything between its start and end events."""
+    model, optimizer, scaler, loader = state.model, state.optimizer, parts.scaler, state.loader
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    last_batch = len(sizes) - 1
+    total_samples = sum(sizes)
     for epoch in range(state.epoch, state.num_epochs):
         state.epoch = epoch
         model.train()
@@ -157,8 +167,6 @@ def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainSt
         notify("on_epoch_end", state)
         if state.stop:
             break
-    notify("on_fit_end", state)
-    return state
 
 
 def skip_check(loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:

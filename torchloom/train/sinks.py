@@ -25,6 +25,7 @@ class JsonlSink(Callback):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.descriptor: int | None = None
+        self.epochs_written = 0
 
     def on_fit_start(self, state: TrainState) -> None:
         if state.step > 0 and self.path.is_file():  # resuming
@@ -32,6 +33,7 @@ class JsonlSink(Callback):
             kept = [line for line in lines if json.loads(line)["step"] <= state.step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.epochs_written = len(state.history)
 
     def write(self, payload: dict) -> None:
         os.write(self.descriptor, (json.dumps(payload) + "\n").encode())
@@ -44,6 +46,7 @@ class JsonlSink(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         self.write({"kind": "epoch", "step": state.step, **state.logs})
+        self.epochs_written += 1
 
     def sync(self) -> None:
         """Make the lines so far durable; the checkpoint calls this before each save."""
@@ -52,6 +55,9 @@ class JsonlSink(Callback):
 
     def on_fit_end(self, state: TrainState) -> None:
         if self.descriptor is not None:
+            # An epoch that ended in NaN never reached on_epoch_end; it is still in the history.
+            for row in state.history[self.epochs_written :]:
+                self.write({"kind": "epoch", "step": state.step, **row})
             os.fsync(self.descriptor)
             os.close(self.descriptor)
             self.descriptor = None
