@@ -193,11 +193,12 @@ def evidence_from(run) -> tuple[Evidence, str]:
         config = run.config.model_dump(mode="json")
         config["model"] = _model_options(run.model)
     diagnostics = run.diagnostics
-    if diagnostics is None and run.data is not None:
-        # Recording was off: the data facts can still be measured now, from the data in hand.
+    if (diagnostics is None or "facts" not in diagnostics) and run.data is not None:
+        # Recording was off, or the run kept no directory (facts are measured at the end of fit
+        # only for runs that write one): measure them now, from the data in hand.
         from torchloom.diagnosis.facts import run_facts
 
-        diagnostics = {"facts": run_facts(run), "samples": [], "layers": []}
+        diagnostics = {"samples": [], "layers": [], **(diagnostics or {}), "facts": run_facts(run)}
     return Evidence(history, config, diagnostics), directory.name if directory else "in-memory run"
 
 
