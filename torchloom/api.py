@@ -94,14 +94,18 @@ def registries() -> dict:
         "data": data_module.names(),
         "data_options": data_module.option_problems,
         "models": models.names(),
-        "model_options": models.option_problems,
+        "models_options": models.option_problems,
         "optimizers": list(optim.OPTIMIZERS),
-        "optimizer_options": optim.option_problems,
+        "optimizers_options": lambda name, options: optim.option_problems(
+            "optimizer", name, options, "optimizer"
+        ),
         "losses": list(optim.LOSSES),
-        "loss_options": optim.option_problems,
+        "losses_options": lambda name, options: optim.option_problems(
+            "loss", name, options, "loss"
+        ),
         "init": list(init_module.SCHEMES),
         "schedulers": list(SCHEDULERS),
-        "scheduler_options": scheduler_problems,
+        "schedulers_options": scheduler_problems,
     }
 
 

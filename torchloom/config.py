@@ -53,6 +53,17 @@ class AugmentConfig(Section):
     padding_mode: Literal["zeros", "reflect"] = "zeros"
 
 
+def _check_options(section, registry_key: str, info: ValidationInfo) -> None:
+    """Raise one error listing every unknown option of `section` (its name's checker, from the
+    context under "<registry_key>_options", says which)."""
+    context = info.context or {}
+    check = context.get(f"{registry_key}_options")
+    if check is not None and section.name in context.get(registry_key, ()):
+        problems = check(section.name, section.options)
+        if problems:
+            raise ValueError("\n".join(problems))
+
+
 class DataConfig(Section):
     """Where the data comes from and how it is split and scaled. Keys besides the fields below
     are the source's own options (`shape: image` for digits, `limit` for Fashion-MNIST, ...),
@@ -123,11 +134,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _known_options(self, info: ValidationInfo) -> ModelConfig:
-        check = (info.context or {}).get("model_options")
-        if check is not None and self.name in (info.context or {}).get("models", ()):
-            problems = check(self.name, self.options)
-            if problems:
-                raise ValueError("\n".join(problems))
+        _check_options(self, "models", info)
         return self
 
     @property
@@ -149,17 +156,11 @@ class InitConfig(Section):
 
 class _NamedWithOptions(Section):
     model_config = ConfigDict(extra="allow")
-    _kind: typing.ClassVar[str]  # "loss" or "optimizer"
     _registry: typing.ClassVar[str]  # its key in the validation context
 
     @model_validator(mode="after")
     def _known_options(self, info: ValidationInfo) -> _NamedWithOptions:
-        context = info.context or {}
-        check = context.get(f"{self._kind}_options")
-        if check is not None and self.name in context.get(self._registry, ()):
-            problems = check(self._kind, self.name, self.options, self._kind)
-            if problems:
-                raise ValueError("\n".join(problems))
+        _check_options(self, self._registry, info)
         return self
 
     @property
@@ -171,7 +172,6 @@ class _NamedWithOptions(Section):
 class LossConfig(_NamedWithOptions):
     """A loss by name with its options; `name: null` takes the task's default."""
 
-    _kind = "loss"
     _registry = "losses"
     name: str | None = None
 
@@ -184,7 +184,6 @@ class LossConfig(_NamedWithOptions):
 class OptimizerConfig(_NamedWithOptions):
     """An optimizer by name with its PyTorch options: `{name: sgd, lr: 0.01, momentum: 0.9}`."""
 
-    _kind = "optimizer"
     _registry = "optimizers"
     name: str = "sgd"
     lr: float | None = Field(None, gt=0)  # None: 0.01 for SGD, PyTorch's default otherwise
@@ -221,12 +220,7 @@ class SchedulerConfig(Section):
 
     @model_validator(mode="after")
     def _known_options(self, info: ValidationInfo) -> SchedulerConfig:
-        context = info.context or {}
-        check = context.get("scheduler_options")
-        if check is not None and self.name in context.get("schedulers", ()):
-            problems = check(self.name, self.options)
-            if problems:
-                raise ValueError("\n".join(problems))
+        _check_options(self, "schedulers", info)
         return self
 
     @property
