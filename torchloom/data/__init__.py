@@ -299,22 +299,20 @@ def split_table(
     num_samples = len(table.features)
     if num_samples == 0:
         raise DataError(f"data '{table.name}' is empty: no samples to train on.")
-    integer = np.issubdtype(table.features.dtype, np.integer)  # raw pixels: never NaN
-    flat = table.features.reshape(num_samples, -1)
-    missing = None if integer else np.isnan(flat)
-    if missing is not None and missing.any():
-        row, column = (int(i) for i in np.argwhere(missing)[0])
-        raise DataError(
-            f"data '{table.name}': missing value (NaN) in feature '{table.feature_names[column]}' "
-            f"at row {row}. Fill or drop missing values before training."
+    if not np.issubdtype(table.features.dtype, np.integer):  # raw pixels are never NaN or inf
+        flat = table.features.reshape(num_samples, -1)
+        checks = (
+            (np.isnan, "missing value (NaN)", "at row {row}. Fill or drop missing values"),
+            (np.isinf, "infinite value", "at row {row}. Replace or clip it"),
         )
-    infinite = None if integer else np.isinf(flat)
-    if infinite is not None and infinite.any():
-        row, column = (int(i) for i in np.argwhere(infinite)[0])
-        raise DataError(
-            f"data '{table.name}': infinite value in feature '{table.feature_names[column]}' at "
-            f"row {row}. Replace or clip it before training."
-        )
+        for is_bad, what, advice in checks:
+            bad = is_bad(flat)
+            if bad.any():
+                row, column = (int(i) for i in np.argwhere(bad)[0])
+                raise DataError(
+                    f"data '{table.name}': {what} in feature '{table.feature_names[column]}' "
+                    f"{advice.format(row=row)} before training."
+                )
     index = np.arange(num_samples)
     stratify = table.task == "classification"
 
