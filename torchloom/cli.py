@@ -7,6 +7,7 @@ mistake prints one message to stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_USER_ERROR = 2
@@ -112,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     from torchloom.errors import TorchloomError
 
     handler = getattr(commands, args.command.replace("-", "_"))
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        # Under torchrun: an uncaught error goes where the launcher's failure summary shows it.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        handler = record(handler)
     try:
         return handler(args) or 0
     except TorchloomError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def train(args: argparse.Namespace) -> int:
         run = api.resume(args.resume)
     else:
         run = api.fit_config(path, overrides)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     if run.data is not None and run.data.test is not None:
         print_metrics(run.evaluate("test"), "test", run.task.name)
     if run.dir is not None:

@@ -255,6 +255,10 @@ class TrainerConfig(Section):
     compile: bool = False
     deterministic: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"
+    sync_batchnorm: bool = Field(False, description="under torchrun: batch norm over all ranks")
+    distributed_timeout: float = Field(
+        120.0, gt=0, description="under torchrun: seconds a collective waits for a peer"
+    )
     diagnostics_every: int | None = Field(
         50, ge=0, description="optimizer steps between doctor samples; 0 or None: off"
     )
