@@ -103,7 +103,8 @@ class DataConfig(Section):
             problems += check(self.name, options)
         if problems:
             raise ValueError("\n".join(problems))
-        counts = [(key, value) for key, value in (("val", self.val), ("test", self.test)) if value >= 1]
+        held_out = (("val", self.val), ("test", self.test))
+        counts = [(key, value) for key, value in held_out if value >= 1]
         series = (info.context or {}).get("series_data")  # None: no registries to check against
         if counts and series is not None and self.name not in series:
             key, value = counts[0]

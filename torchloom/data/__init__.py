@@ -158,8 +158,8 @@ def load(
             "csv" (with `path=` and `target=`), or the image sources "fashion_mnist", "idx",
             "mnist_5k", "cifar10", "image_folder", and the time series "sunspots", "nile",
             "co2", "elnino", "series_csv" (see `torchloom.data.windows`).
-        val, test: fractions of all samples held out for validation and test. Time series
-            hold out the last steps instead: a fraction below 1, or a whole count of steps. Sources with an
+        val, test: fractions of all samples held out for validation and test (time series hold
+            out their last steps: a fraction below 1, or a whole count). Sources with an
             official test set (fashion_mnist, idx, cifar10) use it whenever `test` > 0, and
             `val` is a fraction of their official training set.
         seed: seeds the split.

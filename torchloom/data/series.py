@@ -54,8 +54,7 @@ class Series:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DataError(
-                    f"data.{option}: expected a whole number of time steps >= {low}, got "
-                    f"{value!r}."
+                    f"data.{option}: expected a whole number of time steps >= {low}, got {value!r}."
                 )
         if self.season is not None and (
             isinstance(self.season, bool) or not isinstance(self.season, int) or self.season < 1
@@ -81,13 +80,17 @@ class Series:
 
 
 def _statsmodels(name: str):
+    """The bundled dataset `name` as a pandas frame (statsmodels.datasets only: importing
+    statsmodels.api costs ~6 s)."""
+    import importlib
+
     try:
-        import statsmodels.api as sm
+        module = importlib.import_module(f"statsmodels.datasets.{name}")
     except ImportError:
         raise DataError(
             f"data source '{name}' needs statsmodels: pip install 'torchloom[timeseries]'."
         ) from None
-    return getattr(sm.datasets, name).load_pandas().data
+    return module.load_pandas().data
 
 
 def sunspots(

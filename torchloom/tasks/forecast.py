@@ -160,3 +160,49 @@ class Forecast(Task):
                 forecast += upcoming
                 known += upcoming
         return np.asarray(forecast)
+
+
+def read_history(path, column: str) -> np.ndarray:
+    """A series' history, oldest first, from a file.
+
+    A `.csv` with a header: the column named `column` (the one the run forecast), else its only
+    numeric column besides a time column. Any other file: numbers separated by commas, spaces
+    or new lines; `nan` marks a gap.
+
+    Raises:
+        DataError: a missing file, no usable column, or text that is not a number.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such history file '{path}'.")
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        frame = pd.read_csv(path)
+        if column in frame.columns:
+            chosen = column
+        else:
+            numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+            if len(numeric) != 1:
+                raise DataError(
+                    f"{path}: no column '{column}' (the column the run forecast), and "
+                    f"{len(numeric)} numeric columns to choose from. Name the history column "
+                    f"'{column}'."
+                )
+            chosen = numeric[0]
+        if not pd.api.types.is_numeric_dtype(frame[chosen]):
+            raise DataError(f"{path}: column '{chosen}' is not numeric.")
+        return frame[chosen].to_numpy(np.float64)
+    words = path.read_text(encoding="utf-8").replace(",", " ").split()
+    values = []
+    for index, word in enumerate(words):
+        try:
+            values.append(float(word))
+        except ValueError:
+            raise DataError(
+                f"{path}: value {index + 1} ('{word}') is not a number. Give one number per "
+                "time step, separated by commas, spaces or new lines."
+            ) from None
+    return np.asarray(values)
