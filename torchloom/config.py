@@ -106,6 +106,12 @@ class DataConfig(Section):
         held_out = (("val", self.val), ("test", self.test))
         counts = [(key, value) for key, value in held_out if value >= 1]
         series = (info.context or {}).get("series_data")  # None: no registries to check against
+        for key, value in counts:
+            if not float(value).is_integer():
+                raise ValueError(
+                    f"data.{key}: {value:g} is neither a fraction below 1 nor a whole count of "
+                    "time steps"
+                )
         if counts and series is not None and self.name not in series:
             key, value = counts[0]
             raise ValueError(

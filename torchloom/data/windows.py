@@ -28,10 +28,10 @@ def held_out_steps(amount: float, total: int, option: str) -> int:
         raise DataError(f"data.{option}: expected a fraction or a count >= 0, got {amount:g}.")
     if amount < 1:
         return int(round(amount * total))
-    if amount != int(amount):
+    if not float(amount).is_integer():  # also inf
         raise DataError(
             f"data.{option}: {amount:g} is neither a fraction below 1 nor a whole count of time "
-            f"steps. Use e.g. {option}: 0.1 or {option}: {int(amount)}."
+            f"steps. Use e.g. {option}: 0.1 or {option}: 30."
         )
     return int(amount)
 
