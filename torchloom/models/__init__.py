@@ -158,6 +158,8 @@ def summary(model: nn.Module, example: torch.Tensor) -> list[dict]:
             continue
 
         def record(module, inputs, output, name=name):
+            if isinstance(output, tuple) and output:  # recurrent layers: (sequence, state)
+                output = output[0]
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             rows.append(
                 {
