@@ -95,6 +95,7 @@ def registries() -> dict:
     return {
         "data": data_module.names(),
         "data_options": data_module.option_problems,
+        "series_data": data_module.series_names(),
         "models": models.names(),
         "models_options": models.option_problems,
         "optimizers": list(optim.OPTIMIZERS),
@@ -503,7 +504,9 @@ def _task_for(config: Config, data: Data):
             f"task: '{config.task}' was asked for, but the data '{data.name}' is {data.task} "
             "data. Remove task or change the data."
         )
-    task = make_task(task_name, num_outputs=data.num_outputs, classes=data.classes)
+    task = make_task(
+        task_name, num_outputs=data.num_outputs, classes=data.classes, preprocess=data.preprocess
+    )
     for split_name in ("train", "val", "test"):
         split = getattr(data, split_name)
         if split is not None:
@@ -706,6 +709,7 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         config.task or preprocess.task,
         num_outputs=preprocess.extra["num_outputs"],
         classes=preprocess.classes,
+        preprocess=preprocess,
     )
     example = torch.zeros(2, *preprocess.extra["input_shape"])
     models.materialize(model, example, preprocess.extra["num_outputs"])

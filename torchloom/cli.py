@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("input", metavar="INPUT")
     predict.add_argument("-o", "--output", help="write a CSV here (default: print to stdout)")
+    predict.add_argument(
+        "--steps",
+        type=int,
+        help="forecasting runs: how many next values to forecast from the history in INPUT "
+        "(a .csv, or a text file of numbers); default the run's horizon",
+    )
 
     finder = commands.add_parser(
         "lr-find",

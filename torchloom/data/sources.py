@@ -176,6 +176,7 @@ from torchloom.data.images import (  # noqa: E402
     image_folder,
     mnist_5k,
 )
+from torchloom.data.series import SERIES_SOURCES  # noqa: E402
 
 SOURCES: dict[str, Callable[..., Table]] = {
     "digits": digits,
@@ -189,4 +190,5 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "mnist_5k": mnist_5k,
     "cifar10": cifar10,
     "image_folder": image_folder,
+    **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
 }

@@ -20,6 +20,7 @@ from torchloom.errors import TorchloomError, did_you_mean, lookup
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
+from torchloom.models.recurrent import gru, lstm, recurrent_problems, rnn
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -27,6 +28,9 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "convnet": convnet,
     "resnet": resnet,
+    "rnn": rnn,
+    "lstm": lstm,
+    "gru": gru,
 }
 
 # Checks of a builder's option values that can run before anything is built.
@@ -35,6 +39,9 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "convnet": convnet_problems,
     "resnet": resnet_problems,
     "lenet": lambda options: convnet_problems({"activation": options.get("activation", "relu")}),
+    "rnn": recurrent_problems,
+    "lstm": recurrent_problems,
+    "gru": recurrent_problems,
 }
 
 __all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
@@ -119,6 +126,11 @@ def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None
             f"(batch, {num_outputs}). End the network with flatten (or global_avg_pool) and a "
             "linear layer."
         )
+    if num_outputs is not None and output.dim() == 3:
+        raise TorchloomError(
+            f"model gives one output per time step {(-1, *output.shape[1:])} but the data needs "
+            f"(batch, {num_outputs}). Use a sequence-to-one model (output: last)."
+        )
     width = output.shape[-1] if output.dim() > 1 else 1
     if num_outputs is not None and width != num_outputs:
         raise TorchloomError(
@@ -146,6 +158,8 @@ def summary(model: nn.Module, example: torch.Tensor) -> list[dict]:
             continue
 
         def record(module, inputs, output, name=name):
+            if isinstance(output, tuple) and output:  # recurrent layers: (sequence, state)
+                output = output[0]
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             rows.append(
                 {

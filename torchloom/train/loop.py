@@ -68,7 +68,7 @@ class Evaluator:
                 outputs = model(inputs)
                 # The loss is a batch mean; weight it by the batch's size for the split's mean.
                 total_loss += self.loss_fn(outputs, targets).float() * len(targets)
-                self.metrics.update(outputs.float(), targets)
+                self.task.update_metrics(self.metrics, outputs.float(), targets, inputs)
         model.train(was_training)
         if self.all_reduce is not None:
             total_loss = self.all_reduce(total_loss)
