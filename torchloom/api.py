@@ -17,6 +17,7 @@ from torchloom import __version__, models, optim
 from torchloom import config as config_module
 from torchloom import data as data_module
 from torchloom import init as init_module
+from torchloom import transfer as transfer_module
 from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
 from torchloom.data import Augment, BatchLoader, Data, Preprocess
 from torchloom.errors import DataError, TorchloomError, did_you_mean
@@ -87,6 +88,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "checkpoint_every_steps": ("output", "checkpoint_every_steps"),
     "checkpoint_interval": ("output", "checkpoint_interval"),
     "monitor": ("output", "monitor"),
+    "transfer": ("transfer",),
 }
 
 
@@ -461,11 +463,16 @@ def prepare(
     model = model.to(device)
     models.materialize(model, data_on_device.train.features[:2], data.num_outputs)
     init_module.initialize(model, **config.init.model_dump())
+    parameters = model.parameters()
+    transfer = config.transfer
+    if transfer.source or transfer.freeze or transfer.backbone_lr:
+        loaded = transfer_module.apply(model, transfer.source, transfer.freeze)
+        parameters = transfer_module.parameter_groups(
+            model, loaded.loaded if loaded else [], transfer.backbone_lr
+        )
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loss_fn = loss_fn.to(device)
-    optimizer = optim.make_optimizer(
-        model.parameters(), config.optimizer.name, **config.optimizer.options
-    )
+    optimizer = optim.make_optimizer(parameters, config.optimizer.name, **config.optimizer.options)
     loader = BatchLoader(
         data_on_device.train.features,
         data_on_device.train.targets,

@@ -304,6 +304,23 @@ class OutputConfig(Section):
     mode: Mode = "auto"
 
 
+class TransferConfig(Section):
+    """Start from pretrained weights: `{source: RUN_DIR, freeze: ["features.*"], backbone_lr:
+    1e-4}` (see torchloom/transfer.py)."""
+
+    source: str | None = Field(
+        None, description="a run directory, a .safetensors file, or imagenet (mobilenet_v2)"
+    )
+    freeze: list[str] = Field(default_factory=list, description="parameter-name patterns")
+    backbone_lr: float | None = Field(None, gt=0, description="learning rate of loaded layers")
+
+    @model_validator(mode="after")
+    def _backbone_needs_source(self) -> TransferConfig:
+        if self.backbone_lr is not None and not self.source:
+            raise ValueError("backbone_lr needs a source: the loaded layers are the backbone")
+        return self
+
+
 class Config(Section):
     """A whole run. Every field has a default: an empty config trains the MLP on digits."""
 
@@ -316,6 +333,7 @@ class Config(Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
+    transfer: TransferConfig = TransferConfig()
 
 
 def mode_for(monitor: str, mode: str) -> str:

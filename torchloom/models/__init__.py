@@ -20,6 +20,7 @@ from torchloom.errors import TorchloomError, did_you_mean, lookup
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
+from torchloom.models.mobilenet import mobilenet_v2
 from torchloom.models.recurrent import gru, lstm, recurrent_problems, rnn
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -28,6 +29,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "convnet": convnet,
     "resnet": resnet,
+    "mobilenet_v2": mobilenet_v2,
     "rnn": rnn,
     "lstm": lstm,
     "gru": gru,
