@@ -85,9 +85,7 @@ def export(run: Run | str | Path, format: str, path: str | Path | None = None) -
         PosixPath('runs/mlp-digits/model.onnx')
     """
     if format not in FORMATS:
-        raise TorchloomError(
-            f"export: unknown format '{format}'. Formats: {', '.join(FORMATS)}."
-        )
+        raise TorchloomError(f"export: unknown format '{format}'. Formats: {', '.join(FORMATS)}.")
     if not isinstance(run, Run):
         from torchloom.api import load_run
 

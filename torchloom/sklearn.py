@@ -24,7 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from torchloom import api, optim
+from torchloom import api
 from torchloom import data as data_module
 from torchloom import models as models_module
 from torchloom.errors import TorchloomError
@@ -288,14 +288,14 @@ class NeuralNetClassifier(ClassifierMixin, _NeuralNet):
             self.classes_ = unique_labels(classes)
         elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
             raise ValueError(
-                f"classes: {list(unique_labels(classes))} differ from the first call's "
-                f"{list(self.classes_)}; give the same classes, or call fit to start over."
+                f"classes: {unique_labels(classes).tolist()} differ from the first call's "
+                f"{self.classes_.tolist()}; give the same classes, or call fit to start over."
             )
         unseen = np.setdiff1d(unique_labels(y), self.classes_)
         if len(unseen):
             raise ValueError(
-                f"y: label {unseen[0]!r} is not among classes {list(self.classes_)}; pass every "
-                "label in classes on the first call."
+                f"y: label {unseen.tolist()[0]!r} is not among classes {self.classes_.tolist()}; "
+                "pass every label in classes on the first call."
             )
         indices = np.searchsorted(self.classes_, y)
         if first_call:
@@ -382,4 +382,3 @@ class NeuralNetRegressor(RegressorMixin, _NeuralNet):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
-
