@@ -145,5 +145,7 @@ def test_options_reach_torchloom_fit_and_mistakes_name_the_fix():
         "fit_options: 'epochs' is a parameter of NeuralNetClassifier itself (or set by it); "
         "give it as NeuralNetClassifier(epochs=...)."
     )
+    with pytest.raises(TorchloomError, match=r"but validation_fraction is 0; set validation"):
+        NeuralNetClassifier(early_stopping={"patience": 2}).fit(features, labels)
     with pytest.raises(TypeError, match=r"unexpected option 'clip_nrom'\. Did you mean"):
         NeuralNetClassifier(fit_options={"clip_nrom": 1.0}).fit(features, labels)

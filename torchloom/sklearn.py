@@ -112,7 +112,12 @@ class _NeuralNet(BaseEstimator):
         }
         if self.loss is not None:
             options["loss"] = self.loss
-        if self.early_stopping is not None and validation_fraction:
+        if self.early_stopping is not None and epochs > 1:  # partial_fit: one epoch, no stop
+            if not validation_fraction:
+                raise TorchloomError(
+                    f"early_stopping: {self.early_stopping!r} monitors a validation split, but "
+                    "validation_fraction is 0; set validation_fraction=0.1 (or more)."
+                )
             options["early_stopping"] = dict(self.early_stopping)
         return options
 
