@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
@@ -126,6 +127,40 @@ def test_a_module_class_gets_its_sizes_from_the_data():
     assert classifier.module_.layers[0].in_features == 13
     assert classifier.module_.layers[2].out_features == 3
     assert classifier.score(features, labels) > 0.95
+
+
+def test_training_equals_plain_pytorch_with_the_same_seed():
+    """The estimator's training is the textbook loop: same seed, same weights as plain PyTorch."""
+    from sklearn.datasets import load_wine
+    from sklearn.preprocessing import StandardScaler
+
+    features, labels = load_wine(return_X_y=True)
+    features = StandardScaler().fit_transform(features).astype(np.float32)
+    classifier = NeuralNetClassifier(
+        TinyNet,
+        {"hidden": 8},
+        epochs=5,
+        batch_size=64,
+        optimizer={"name": "sgd", "momentum": 0.5},
+        lr=0.1,
+        seed=3,
+        fit_options={"shuffle": False},
+    ).fit(features, labels)
+
+    torch.manual_seed(3)
+    network = TinyNet(13, 3, hidden=8)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.5)
+    inputs, targets = torch.from_numpy(features), torch.from_numpy(labels)
+    for _ in range(5):
+        for start in range(0, len(inputs), 64):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(
+                network(inputs[start : start + 64]), targets[start : start + 64]
+            )
+            loss.backward()
+            optimizer.step()
+    for name, value in network.state_dict().items():
+        torch.testing.assert_close(classifier.module_.state_dict()[name], value)
 
 
 def test_options_reach_torchloom_fit_and_mistakes_name_the_fix():

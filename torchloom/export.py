@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -141,15 +143,25 @@ def _onnx(module: nn.Module, example: torch.Tensor, metadata: dict[str, str]) ->
             f"export --format onnx needs the '{error.name}' package: {ONNX_INSTALL}"
         ) from None
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
-        module,
-        (example,),
-        dynamo=True,
-        dynamic_shapes=({0: batch},),
-        input_names=["input"],
-        output_names=["output"],
-        verbose=False,
-    )
+    # The exporter logs a warning per torchvision operator it cannot register (torchvision is
+    # not a dependency) and PyTorch's own pytree raises a FutureWarning: noise, not news.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                input_names=["input"],
+                output_names=["output"],
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
     model = program.model_proto
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)

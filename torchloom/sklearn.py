@@ -157,6 +157,7 @@ class _NeuralNet(BaseEstimator):
             features, targets, task=self._task, val=val, test=0.0, seed=self.seed, classes=classes
         )
         keep = _KeepOptimizer()
+        api.seed_everything(self.seed)  # a module class initializes as it is built: seeded
         run = api.fit(
             self._build_module(data.num_outputs),
             data,
