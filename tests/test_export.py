@@ -74,6 +74,7 @@ def test_torchscript_loads_and_matches_pytorch(digits_run, tmp_path):
         with torch.no_grad():
             got = loaded(torch.from_numpy(inputs)).numpy()
         np.testing.assert_allclose(got, outputs, atol=1e-4, rtol=0)
+    assert export(run, "torchscript", tmp_path) == tmp_path / "model.torchscript.pt"
 
 
 def test_exported_program_loads_and_matches_pytorch(digits_run):

@@ -73,7 +73,8 @@ def export(run: Run | str | Path, format: str, path: str | Path | None = None) -
         run: a `Run` (from `fit` or `load_run`) or a run directory.
         format: "onnx" (checked with `onnx.checker`), "torchscript" (`torch.jit.load` reads it)
             or "exported-program" (`torch.export.load` reads it).
-        path: the file to write; default: `FORMATS[format]` inside the run directory.
+        path: the file to write, or a folder for `FORMATS[format]` inside it; default: the run
+            directory.
 
     Returns:
         The path written. The write is atomic: a failed export leaves no file behind.
@@ -99,6 +100,8 @@ def export(run: Run | str | Path, format: str, path: str | Path | None = None) -
             )
         path = run.dir / FORMATS[format]
     path = Path(path)
+    if path.is_dir():  # a folder: the format's usual file name inside it
+        path = path / FORMATS[format]
     if not path.parent.is_dir():
         raise TorchloomError(f"export: folder {path.parent} does not exist; create it first.")
     input_shape = tuple(run.preprocess.extra["input_shape"])
