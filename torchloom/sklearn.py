@@ -85,8 +85,9 @@ class _NeuralNet(BaseEstimator):
         self.verbose = verbose
 
     # --- building ---------------------------------------------------------------------------
-    def _options(self, epochs: int, validation_fraction: float) -> dict:
-        """The `torchloom.fit` keyword options these parameters stand for."""
+    def _options(self, epochs: int, validation_fraction: float, partial: bool) -> dict:
+        """The `torchloom.fit` keyword options these parameters stand for (`partial`: the
+        first `partial_fit` call, one epoch without early stopping)."""
         extra = dict(self.fit_options or {})
         repeated = [key for key in extra if key in _OWN_OPTIONS or key in ("val", "test", "task")]
         if repeated:
@@ -112,7 +113,7 @@ class _NeuralNet(BaseEstimator):
         }
         if self.loss is not None:
             options["loss"] = self.loss
-        if self.early_stopping is not None and epochs > 1:  # partial_fit: one epoch, no stop
+        if self.early_stopping is not None and not partial:
             if not validation_fraction:
                 raise TorchloomError(
                     f"early_stopping: {self.early_stopping!r} monitors a validation split, but "
@@ -151,8 +152,12 @@ class _NeuralNet(BaseEstimator):
             f"class or a function returning one; got {self.model!r}."
         )
 
-    def _train(self, features: np.ndarray, targets: np.ndarray, classes, epochs: int, val: float):
-        """Build a fresh network and train it with `torchloom.fit`; keep what predicting needs."""
+    def _train(self, features: np.ndarray, targets: np.ndarray, classes, partial: bool) -> None:
+        """Build a fresh network and train it with `torchloom.fit`; keep what predicting needs.
+
+        `partial`: the first `partial_fit` call (one epoch, all data trains); else `fit`.
+        """
+        epochs, val = (1, 0.0) if partial else (self.epochs, self.validation_fraction)
         data = data_module.from_arrays(
             features, targets, task=self._task, val=val, test=0.0, seed=self.seed, classes=classes
         )
@@ -162,7 +167,7 @@ class _NeuralNet(BaseEstimator):
             self._build_module(data.num_outputs),
             data,
             callbacks=[keep],
-            **self._options(epochs, val),
+            **self._options(epochs, val, partial),
         )
         run.data = None  # the estimator keeps the network, not a copy of the training data
         self.run_ = run
@@ -265,8 +270,7 @@ class NeuralNetClassifier(ClassifierMixin, _NeuralNet):
             np.asarray(X, dtype=np.float32),
             encoder.transform(y),
             [str(label) for label in self.classes_],
-            self.epochs,
-            self.validation_fraction,
+            partial=False,
         )
         return self
 
@@ -309,8 +313,7 @@ class NeuralNetClassifier(ClassifierMixin, _NeuralNet):
                 np.asarray(X, dtype=np.float32),
                 indices,
                 [str(label) for label in self.classes_],
-                1,
-                0.0,
+                partial=True,
             )
         else:
             self._continue(np.asarray(X, dtype=np.float32), indices)
@@ -345,7 +348,7 @@ class NeuralNetRegressor(RegressorMixin, _NeuralNet):
         X, y = validate_data(
             self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True
         )
-        self._train(*self._arrays(X, y, reset=True), None, self.epochs, self.validation_fraction)
+        self._train(*self._arrays(X, y, reset=True), None, partial=False)
         return self
 
     def partial_fit(self, X, y) -> NeuralNetRegressor:  # noqa: N803
@@ -366,7 +369,7 @@ class NeuralNetRegressor(RegressorMixin, _NeuralNet):
                 f"had {self.n_outputs_}; give the same targets, or call fit to start over."
             )
         if first_call:
-            self._train(*self._arrays(X, y, reset=True), None, 1, 0.0)
+            self._train(*self._arrays(X, y, reset=True), None, partial=True)
         else:
             self._continue(*self._arrays(X, y, reset=False))
         return self
