@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   torchloom lr-find examples/digits_mlp.yaml --plot lr.png
   torchloom doctor runs/mlp-digits-20261127-101500 --json
   torchloom explain runs/mlp-digits-20261127-101500 new_samples.csv --plot attributions.png
+  torchloom export runs/mlp-digits-20261127-101500 --format onnx
 """
 
 
@@ -103,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=int, default=10, help="features to list (default: 10)")
     explain.add_argument("--plot", help="write a bar chart (and an image heatmap) to this PNG")
     explain.add_argument("--json", action="store_true", help="print the ranking as JSON")
+
+    export = commands.add_parser(
+        "export",
+        help="write a run's model, preprocessing included, as ONNX, TorchScript or torch.export",
+        description="Export RUN_DIR's network with its input standardization folded in (it "
+        "takes raw inputs) and a dynamic batch dimension. ONNX needs: pip install "
+        "'torchloom[onnx]'. See docs/export.md.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument(
+        "--format", required=True, choices=["onnx", "torchscript", "exported-program"]
+    )
+    export.add_argument("-o", "--output", help="file to write (default: inside RUN_DIR)")
     return parser
 
 

@@ -181,6 +181,14 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from torchloom.export import export as write_export
+
+    path = write_export(args.run_dir, args.format, args.output)
+    console.print(f"{args.format} model written to [bold]{path}[/bold] (takes raw inputs)")
+    return 0
+
+
 def print_metrics(metrics: dict[str, float], split: str, task: str) -> None:
     """A table of headline metrics, and for classification a per-class precision/recall table
     (for forecasts: the model beside its naive baselines)."""
