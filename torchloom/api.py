@@ -87,6 +87,10 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "checkpoint_every_steps": ("output", "checkpoint_every_steps"),
     "checkpoint_interval": ("output", "checkpoint_interval"),
     "monitor": ("output", "monitor"),
+    "histogram_every": ("output", "histogram_every"),
+    "mlflow": ("output", "mlflow"),
+    "mlflow_uri": ("output", "mlflow_uri"),
+    "mlflow_experiment": ("output", "mlflow_experiment"),
 }
 
 
@@ -430,6 +434,9 @@ def _finish(state, task, loss_fn, config, preprocess, data, started) -> Run:
     run.diagnostics = _diagnostics(state.callbacks, run, facts=state.run_dir is not None)
     if state.run_dir is not None:
         _finish_run_dir(run, state, time.perf_counter() - started)
+        for callback in state.callbacks:  # sinks that upload the finished run directory
+            if hasattr(callback, "log_run_dir"):
+                callback.log_run_dir(state.run_dir)
     return run
 
 
@@ -553,7 +560,13 @@ def _built_in_callbacks(
         jsonl = JsonlSink(run_dir / "metrics.jsonl")
         built_in += [jsonl, CsvSink(run_dir / "metrics.csv")]
         if output.tensorboard:
-            built_in.append(TensorBoardSink(run_dir))
+            built_in.append(
+                TensorBoardSink(run_dir, output.histogram_every, graph=output.tensorboard_graph)
+            )
+        if output.mlflow:
+            from torchloom.train.mlflow_sink import MlflowSink
+
+            built_in.append(MlflowSink(run_dir, output.mlflow_uri, output.mlflow_experiment))
         if output.checkpoints:
             checkpoint = Checkpoint(
                 run_dir / "checkpoints",
