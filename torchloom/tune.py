@@ -194,7 +194,8 @@ def tune_config(
     if not space:
         raise ConfigError(
             [
-                "search: no search space. Add e.g. search: {optimizer.lr: {log_uniform: [1e-4, 1e-1]}}"
+                "search: no search space to tune. Add one, e.g. "
+                "search: {optimizer.lr: {log_uniform: [1e-4, 1e-1]}}"
             ],
             source=str(path),
         )
