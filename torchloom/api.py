@@ -347,6 +347,10 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
     checkpoint = None
     if resume_dir is not None:
         folder, checkpoint = find_resumable(resume_dir / "checkpoints")
+    if output.mlflow and (output.dir or resume_dir):
+        from torchloom.train.mlflow_sink import check_installed
+
+        check_installed()  # a missing extra stops here, before the run directory is made
 
     # --- the run directory ------------------------------------------------------------------
     preprocess = data.preprocess

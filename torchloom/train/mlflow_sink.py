@@ -43,6 +43,14 @@ def import_mlflow():
     return mlflow
 
 
+def check_installed() -> None:
+    """Raise the missing-extra error without importing mlflow (which takes ~1.5 s)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise TorchloomError(MLFLOW_MISSING)
+
+
 def default_uri(run_dir: Path) -> str:
     """`sqlite:///<runs root>/mlflow.db`, the runs root being the run directory's parent."""
     return f"sqlite:///{(run_dir.parent / 'mlflow.db').resolve()}"
@@ -179,4 +187,4 @@ class MlflowSink(Callback):
         self.seconds += time.perf_counter() - started
 
 
-__all__ = ["MlflowSink", "default_uri", "flatten", "import_mlflow"]
+__all__ = ["MlflowSink", "check_installed", "default_uri", "flatten", "import_mlflow"]
