@@ -88,6 +88,7 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "checkpoint_interval": ("output", "checkpoint_interval"),
     "monitor": ("output", "monitor"),
     "histogram_every": ("output", "histogram_every"),
+    "tensorboard_graph": ("output", "tensorboard_graph"),
     "mlflow": ("output", "mlflow"),
     "mlflow_uri": ("output", "mlflow_uri"),
     "mlflow_experiment": ("output", "mlflow_experiment"),
