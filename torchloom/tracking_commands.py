@@ -94,7 +94,12 @@ def tune(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right")
     for trial in result.study.trials:
         params = [number(trial.params.get(key)) for key in paths]
-        table.add_row(str(trial.number), trial.state.name.lower(), number(trial.value), *params)
+        state = trial.state.name.lower()
+        if state == "fail" and "error" not in trial.user_attrs:
+            state = "interrupted"  # Ctrl-C or a killed process: the next run redoes it
+        elif state == "fail":
+            state = "diverged"
+        table.add_row(str(trial.number), state, number(trial.value), *params)
     console.print(table)
     console.print(f"best: {result.monitor} {result.best_value:.4g} with {result.best_params}")
     console.print(f"study: {result.storage} (run the same command again to continue it)")

@@ -24,15 +24,13 @@ from pathlib import Path
 from torchloom.config import ConfigError, apply_overrides, mode_for, read_yaml
 from torchloom.errors import TorchloomError
 from torchloom.io import atomic_write_text
-from torchloom.train.callbacks import Callback, NonFiniteError, TrainState
+from torchloom.train.callbacks import Callback, NonFiniteError, TrainingInterrupted, TrainState
 
 OPTUNA_MISSING = (
     "tune needs optuna, an optional extra that is not installed. Install it with: "
     'pip install "torchloom[tune]"'
 )
 PRIMITIVE = (bool, int, float, str, type(None))
-# Trials that count toward --trials: a trial left RUNNING by a killed process does not.
-DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def import_optuna():
@@ -129,6 +127,14 @@ def decode_params(params: dict, space: dict) -> dict:
     return decoded
 
 
+def counts_as_done(trial) -> bool:
+    """Whether a stored trial counts toward --trials: complete, pruned, or failed by diverging.
+    A trial interrupted (Ctrl-C: failed without an error) or left running by a killed process
+    does not, so the next invocation runs it again."""
+    state = trial.state.name
+    return state in ("COMPLETE", "PRUNED") or (state == "FAIL" and "error" in trial.user_attrs)
+
+
 def done_before(storage: str, name: str) -> int:
     """How many trials the stored study `name` holds (0 for a new one)."""
     import optuna
@@ -209,7 +215,9 @@ def tune_config(
     storage = f"sqlite:///{study_path.resolve()}"
     monitor = base.output.monitor
     direction = "minimize" if mode_for(monitor, base.output.mode) == "min" else "maximize"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Trials are reported in our table; Optuna's own lines would repeat them (and print a
+    # traceback for an interrupted trial).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     search = optuna.create_study(
         study_name=path.stem,
         storage=storage,
@@ -253,9 +261,17 @@ def tune_config(
             raise TorchloomError(f"output.monitor: '{monitor}' was never logged in a trial.")
         return values[-1]  # what `torchloom train` on the best config will reach
 
-    done = sum(trial.state.name in DONE_STATES for trial in search.trials)
+    done = sum(counts_as_done(trial) for trial in search.trials)
     if trials > done:
-        search.optimize(objective, n_trials=trials - done, catch=())
+        try:
+            search.optimize(objective, n_trials=trials - done, catch=())
+        except TrainingInterrupted as interrupt:  # Ctrl-C: the study keeps finished trials
+            raise TrainingInterrupted(
+                f"trial {len(search.trials) - 1} {interrupt}; the study keeps the finished "
+                f"trials: run the same command again to continue it ({study_path}).",
+                None,
+                interrupt.signal,
+            ) from None
     completed = [t for t in search.trials if t.state.name == "COMPLETE"]
     if not completed:
         raise TorchloomError(f"{study_path}: no trial completed; see the failed trials' errors.")
