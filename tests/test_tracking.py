@@ -18,24 +18,43 @@ import torchloom as tl
 from torchloom.cli import main
 from torchloom.config import load_config
 from torchloom.errors import ConfigError, TorchloomError
+from torchloom.train.callbacks import Callback, TrainingInterrupted
 from torchloom.tune import tune_config
+
+
+class InterruptAtStep(Callback):
+    """Asks for a stop at `step` as Ctrl-C would: a checkpoint is saved after the next step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_batch_end(self, state) -> None:
+        if state.step == self.step:
+            state.interrupt_requested = 2
 
 
 def test_mlflow_run_is_read_back_with_mlflow_client(tmp_path, digits):
     from mlflow import MlflowClient
 
     optimizer = {"name": "sgd", "lr": 0.05}
-    run = tl.fit(
-        "mlp", digits, epochs=2, progress=False, output_dir=str(tmp_path), name="tracked",
-        log_every=5, optimizer=optimizer, mlflow=True, diagnostics_every=0,
-    )  # fmt: skip
-    record = json.loads((run.dir / "mlflow.json").read_text())
+    with pytest.raises(TrainingInterrupted):
+        tl.fit(
+            "mlp", digits, epochs=2, progress=False, output_dir=str(tmp_path), name="tracked",
+            log_every=5, optimizer=optimizer, mlflow=True, diagnostics_every=0,
+            callbacks=[InterruptAtStep(19)],
+        )  # fmt: skip
+    record = json.loads((tmp_path / "tracked" / "mlflow.json").read_text())
     assert record["tracking_uri"] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
     client = MlflowClient(tracking_uri=record["tracking_uri"])
+    assert client.get_run(record["run_id"]).info.status == "KILLED"
+    run = tl.resume(tmp_path / "tracked")  # continues the same MLflow run
+
     tracked = client.get_run(record["run_id"])
     assert tracked.info.status == "FINISHED"
     assert tracked.info.run_name == "tracked"
-    assert client.get_experiment(tracked.info.experiment_id).name == "torchloom"
+    experiment = client.get_experiment(tracked.info.experiment_id)
+    assert experiment.name == "torchloom"
+    assert len(client.search_runs([experiment.experiment_id])) == 1
     params = tracked.data.params
     assert params["optimizer.lr"] == "0.05"
     assert params["model.hidden"] == "[128, 64]"
@@ -44,7 +63,7 @@ def test_mlflow_run_is_read_back_with_mlflow_client(tmp_path, digits):
     assert [m.step for m in accuracy] == [13, 26]  # epochs, on the optimizer-step axis
     assert [m.value for m in accuracy] == pytest.approx([r["val/accuracy"] for r in run.history])
     steps = client.get_metric_history(tracked.info.run_id, "step/train/loss")
-    assert [m.step for m in steps] == [5, 10, 15, 20, 25]  # the JSONL sink's cadence
+    assert [m.step for m in steps] == [5, 10, 15, 20, 25]  # the JSONL sink's cadence, no repeat
     test_accuracy = tracked.data.metrics["test/accuracy"]
     assert test_accuracy == pytest.approx(run.evaluate("test")["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
