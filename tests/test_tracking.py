@@ -260,7 +260,7 @@ def test_tune_beats_a_bad_start_writes_a_trainable_config_and_resumes(tmp_path):
     result = tune_config(config, trials=3)
     assert len(result.study.trials) == 3
     assert result.direction == "maximize"
-    assert result.best_value > start_accuracy + 0.4  # measured: 0.95 against 0.09
+    assert result.best_value > start_accuracy + 0.4  # measured: 0.933 against 0.100
     assert 1e-3 <= result.best_params["optimizer.lr"] <= 0.3
     assert result.best_params["model.hidden"] in ([32], [64, 32])
     # The written config trains to exactly the best trial's result.
