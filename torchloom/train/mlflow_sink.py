@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from torchloom.errors import TorchloomError
+from torchloom.io import atomic_write_json
 from torchloom.train.callbacks import Callback, TrainState
 
 MLFLOW_MISSING = (
@@ -114,9 +115,7 @@ class MlflowSink(Callback):
                 tags={"torchloom.run_dir": str(self.run_dir.resolve())},
             )
             self.run_id = run.info.run_id
-            record.write_text(
-                json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}, indent=2) + "\n"
-            )
+            atomic_write_json(record, {"tracking_uri": self.uri, "run_id": self.run_id})
             from torchloom.config import read_yaml
 
             params = [
