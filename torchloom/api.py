@@ -89,6 +89,11 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "checkpoint_interval": ("output", "checkpoint_interval"),
     "monitor": ("output", "monitor"),
     "transfer": ("transfer",),
+    "histogram_every": ("output", "histogram_every"),
+    "tensorboard_graph": ("output", "tensorboard_graph"),
+    "mlflow": ("output", "mlflow"),
+    "mlflow_uri": ("output", "mlflow_uri"),
+    "mlflow_experiment": ("output", "mlflow_experiment"),
 }
 
 
@@ -345,6 +350,10 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
     checkpoint = None
     if resume_dir is not None:
         folder, checkpoint = find_resumable(resume_dir / "checkpoints")
+    if output.mlflow and (output.dir or resume_dir):
+        from torchloom.train.mlflow_sink import check_installed
+
+        check_installed()  # a missing extra stops here, before the run directory is made
 
     # --- the run directory ------------------------------------------------------------------
     preprocess = data.preprocess
@@ -432,6 +441,9 @@ def _finish(state, task, loss_fn, config, preprocess, data, started) -> Run:
     run.diagnostics = _diagnostics(state.callbacks, run, facts=state.run_dir is not None)
     if state.run_dir is not None:
         _finish_run_dir(run, state, time.perf_counter() - started)
+        for callback in state.callbacks:  # sinks that upload the finished run directory
+            if hasattr(callback, "log_run_dir"):
+                callback.log_run_dir(state.run_dir)
     return run
 
 
@@ -560,7 +572,13 @@ def _built_in_callbacks(
         jsonl = JsonlSink(run_dir / "metrics.jsonl")
         built_in += [jsonl, CsvSink(run_dir / "metrics.csv")]
         if output.tensorboard:
-            built_in.append(TensorBoardSink(run_dir))
+            built_in.append(
+                TensorBoardSink(run_dir, output.histogram_every, graph=output.tensorboard_graph)
+            )
+        if output.mlflow:
+            from torchloom.train.mlflow_sink import MlflowSink
+
+            built_in.append(MlflowSink(run_dir, output.mlflow_uri, output.mlflow_experiment))
         if output.checkpoints:
             checkpoint = Checkpoint(
                 run_dir / "checkpoints",

@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   torchloom doctor runs/mlp-digits-20261127-101500 --json
   torchloom explain runs/mlp-digits-20261127-101500 new_samples.csv --plot attributions.png
   torchloom export runs/mlp-digits-20261127-101500 --format onnx
+  torchloom runs --compare runs/mlp-digits-a runs/mlp-digits-b
+  torchloom tune examples/digits_tune.yaml --trials 20
 """
 
 
@@ -117,7 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", required=True, choices=["onnx", "torchscript", "exported-program"]
     )
     export.add_argument("-o", "--output", help="file to write (default: inside RUN_DIR)")
+    add_tracking_commands(commands)
     return parser
+
+
+def add_tracking_commands(commands) -> None:
+    """`torchloom runs` and `torchloom tune` (handlers in torchloom/tracking_commands.py)."""
+    runs = commands.add_parser(
+        "runs",
+        help="list the runs under a folder (name, task, model, best metric, time, status)",
+        description="List the run directories under ROOT, or compare two runs side by side.",
+    )
+    runs.add_argument("root", nargs="?", default="runs", metavar="ROOT", help="default: runs")
+    runs.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="two run directories: config and metrics"
+    )
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    tune = commands.add_parser(
+        "tune",
+        help="search the config's search: space with Optuna (pip install 'torchloom[tune]')",
+        description="Train trials with values drawn from the config's search: section, prune "
+        "bad ones, keep the study in sqlite (run again to continue it) and write the best "
+        "config for torchloom train. See docs/tracking.md.",
+    )
+    tune.add_argument("arguments", nargs="+", metavar="CONFIG [key=value ...]")
+    tune.add_argument("--trials", type=int, default=20, help="trials the study should hold")
+    tune.add_argument("--study", help="sqlite file (default: <output.dir>/tune-<name>/study.db)")
+    tune.add_argument("-o", "--output", help="best config YAML (default: best.yaml by the study)")
 
 
 def split_config_arguments(arguments: list[str]) -> tuple[str | None, list[str]]:

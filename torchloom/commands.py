@@ -15,6 +15,7 @@ from rich.table import Table
 from torchloom import api
 from torchloom.cli import split_config_arguments
 from torchloom.errors import DataError, TorchloomError, did_you_mean
+from torchloom.tracking_commands import runs, tune  # noqa: F401 dispatched by name
 
 console = Console()
 
@@ -37,6 +38,8 @@ def train(args: argparse.Namespace) -> int:
         console.print(f"run saved to [bold]{run.dir}[/bold]")
         console.print(f"  evaluate: torchloom evaluate {run.dir}")
         console.print(f"  predict:  torchloom predict {run.dir} INPUT.csv")
+        if run.config.output.tensorboard:
+            console.print(f"  curves:   tensorboard --logdir {run.dir.parent}")
     return 0
 
 

@@ -302,6 +302,57 @@ class OutputConfig(Section):
     checkpoint_interval: float = Field(30.0, ge=0, description="min seconds between epoch saves")
     monitor: str = "val/loss"
     mode: Mode = "auto"
+    # TensorBoard extras (docs/tracking.md): weight and gradient histograms every N optimizer
+    # steps (None or 0: off, as each costs a host copy of every parameter), and the model graph.
+    histogram_every: int | None = Field(None, ge=0)
+    tensorboard_graph: bool = True
+    # MLflow (optional extra): params, metrics and artifacts to a tracking store; the default
+    # store is sqlite:///<output.dir>/mlflow.db.
+    mlflow: bool = False
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "torchloom"
+
+
+DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
+
+
+def search_problems(space: dict) -> list[str]:
+    """Problems in a `search:` section (dotted config path -> one distribution), one line each.
+
+    A distribution is `{log_uniform: [low, high]}`, `{uniform: [low, high]}`, `{int: [low,
+    high]}` or `{choice: [value, ...]}`.
+    """
+    problems = []
+    for path, distribution in space.items():
+        where = f"search.{path}"
+        if not isinstance(distribution, dict) or len(distribution) != 1:
+            problems.append(
+                f"{where}: expected one distribution such as {{log_uniform: [1e-4, 1e-1]}}, "
+                f"{{uniform: [a, b]}}, {{int: [a, b]}} or {{choice: [...]}}; got {distribution!r}"
+            )
+            continue
+        ((kind, values),) = distribution.items()
+        if kind not in DISTRIBUTIONS:
+            problems.append(
+                f"{where}: unknown distribution '{kind}'.{did_you_mean(kind, DISTRIBUTIONS)} "
+                f"Known: {', '.join(DISTRIBUTIONS)}."
+            )
+        elif kind == "choice":
+            if not isinstance(values, list) or not values:
+                problems.append(f"{where}: choice expects a non-empty list, got {values!r}")
+        elif (
+            not isinstance(values, list)
+            or len(values) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ):
+            problems.append(f"{where}: {kind} expects [low, high] numbers, got {values!r}")
+        elif kind == "int" and not all(isinstance(v, int) for v in values):
+            problems.append(f"{where}: int expects [low, high] integers, got {values!r}")
+        elif not values[0] < values[1]:
+            problems.append(f"{where}: {kind} expects low < high, got {values!r}")
+        elif kind == "log_uniform" and values[0] <= 0:
+            problems.append(f"{where}: log_uniform expects low > 0, got {values!r}")
+    return problems
 
 
 class TransferConfig(Section):
@@ -334,6 +385,16 @@ class Config(Section):
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
     transfer: TransferConfig = TransferConfig()
+    # `torchloom tune`'s search space: dotted config path -> distribution; `train` ignores it.
+    search: dict[str, Any] | None = None
+
+    @field_validator("search")
+    @classmethod
+    def _valid_space(cls, value: dict | None) -> dict | None:
+        problems = search_problems(value or {})
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
 
 
 def mode_for(monitor: str, mode: str) -> str:
@@ -495,4 +556,6 @@ def to_yaml(config: Config, replace: dict | None = None) -> str:
     """The resolved config as YAML, every default written out; `replace` swaps whole sections
     for what training resolved (the task, the data's split, the model's full options)."""
     data = {**config.model_dump(mode="json"), **(replace or {})}
+    if data.get("search") is None:
+        data.pop("search", None)  # only tuning configs carry a search space
     return yaml.safe_dump(data, sort_keys=False)
