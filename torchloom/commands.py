@@ -103,7 +103,7 @@ def summary(args: argparse.Namespace) -> int:
     data = api.load_data(config)
     model = models.build(config.model.name, **config.model.options)
     example = data.train.features[:2]
-    models.materialize(model, example, data.num_outputs)
+    models.materialize(model, example, data.num_outputs, data.preprocess.vocab_size)
     rows = models.summary(model, example)
     table = Table(title=f"{config.model.name} on {data.name}: input {(-1, *data.input_shape)}")
     for column in ("layer", "type", "output shape", "parameters"):

@@ -20,6 +20,7 @@ from torchloom.errors import TorchloomError, did_you_mean, lookup
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
+from torchloom.models.text import set_vocab_size, text_bag, text_problems, text_rnn
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -27,6 +28,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "convnet": convnet,
     "resnet": resnet,
+    "text_rnn": text_rnn,
+    "text_bag": text_bag,
 }
 
 # Checks of a builder's option values that can run before anything is built.
@@ -35,6 +38,8 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "convnet": convnet_problems,
     "resnet": resnet_problems,
     "lenet": lambda options: convnet_problems({"activation": options.get("activation", "relu")}),
+    "text_rnn": lambda options: text_problems(options, hidden_list=False),
+    "text_bag": lambda options: text_problems(options, hidden_list=True),
 }
 
 __all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
@@ -86,13 +91,20 @@ def build(name: str, **options) -> nn.Module:
     return model
 
 
-def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None) -> nn.Module:
+def materialize(
+    model: nn.Module,
+    example: torch.Tensor,
+    num_outputs: int | None,
+    vocab_size: int | None = None,
+) -> nn.Module:
     """Size the model's lazy layers from one example batch, then check its output width.
 
     Args:
         model: any `nn.Module`; torchloom's lazy layers get their sizes here.
         example: a (batch, ...) batch of real inputs on the model's device.
         num_outputs: the units the task needs (classes, targets); None skips the check.
+        vocab_size: for text data, the vocabulary's size, which sizes the text models'
+            embeddings; None for numeric data.
 
     If the model has lazy layers, every layer is then initialized from the current RNG state,
     so a zoo model's weights follow the run's seed, not the moment it was built.
@@ -102,6 +114,8 @@ def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None
     """
     if num_outputs is not None:
         set_num_outputs(model, num_outputs)
+    if vocab_size is not None:
+        set_vocab_size(model, vocab_size)
     lazy = any(is_lazy(p) for p in model.parameters())
     was_training = model.training
     model.eval()  # a dry run must not move batch-norm statistics
