@@ -33,7 +33,8 @@ def train(args: argparse.Namespace) -> int:
     if run.dir is not None:
         console.print(f"run saved to [bold]{run.dir}[/bold]")
         console.print(f"  evaluate: torchloom evaluate {run.dir}")
-        console.print(f"  predict:  torchloom predict {run.dir} INPUT.csv")
+        what = "TEXTS.txt (one a line, or - for stdin)" if run.preprocess.tokenizer else "INPUT.csv"
+        console.print(f"  predict:  torchloom predict {run.dir} {what}")
     return 0
 
 
@@ -54,9 +55,14 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     run = api.load_run(args.run_dir, data=False)
-    features = read_inputs(Path(args.input), run.preprocess.feature_names)
-    predictions = run.predict(features)
-    frame = predictions_frame(predictions, run.preprocess.classes)
+    if run.preprocess.tokenizer is not None:  # a text run: raw text lines in
+        texts = read_texts(args.input, run.preprocess.feature_names[0])
+        frame = predictions_frame(run.predict(texts), run.preprocess.classes)
+        frame.insert(0, "text", texts)
+    else:
+        features = read_inputs(Path(args.input), run.preprocess.feature_names)
+        predictions = run.predict(features)
+        frame = predictions_frame(predictions, run.preprocess.classes)
     if args.output:
         from torchloom.io import atomic_write_text
 
@@ -199,6 +205,39 @@ def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:
     if non_numeric:
         raise DataError(f"{path}: column '{non_numeric[0]}' is not numeric.")
     return frame.to_numpy(dtype=np.float32)
+
+
+def read_texts(source: str, column: str) -> list[str]:
+    """Raw texts for a text run: one a line of a text file, or of stdin when `source` is "-";
+    from a .csv file, its column `column` (the run's text column). Blank lines are skipped.
+
+    Raises:
+        DataError: a missing file or column, or no text at all.
+    """
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"no such input file '{path}'. Give a text file, one text a line.")
+        if path.suffix == ".csv":
+            import pandas as pd
+
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if column not in frame.columns:
+                columns = list(map(str, frame.columns))
+                raise DataError(
+                    f"{path}: no text column '{column}'.{did_you_mean(column, columns)} "
+                    f"Columns: {', '.join(columns)}. Name the text column '{column}', or give a "
+                    "plain text file with one text a line."
+                )
+            lines = frame[column].tolist()
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"{source}: no text to predict; give one text a line.")
+    return texts
 
 
 def predictions_frame(predictions: dict[str, np.ndarray], classes: list[str] | None):

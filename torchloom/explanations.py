@@ -187,6 +187,11 @@ def explain(
         from torchloom.api import load_run
 
         run = load_run(run, data=False)
+    if run.preprocess.tokenizer is not None:
+        raise TorchloomError(
+            "explain: text runs are not supported (attributions to token ids need attributions "
+            "to their embeddings, which torchloom does not compute yet). Use predict instead."
+        )
     features = _model_inputs(run, inputs, preprocessed)
     model = run.model.eval()
     device = run.device
