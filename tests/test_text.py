@@ -17,6 +17,7 @@ import torchloom as tl
 from torchloom.api import fit_config
 from torchloom.data.text import PAD_ID, UNKNOWN_ID, Tokenizer, tokenize
 from torchloom.errors import ConfigError, DataError, TorchloomError
+from torchloom.explanations import refuse_text
 
 
 def test_tokenizer_lowercases_words_and_applies_min_freq_max_size_and_max_len():
@@ -194,7 +195,9 @@ def test_text_run_saves_its_vocabulary_reloads_predicts_raw_text_and_the_doctor_
     assert facts["baseline"]["name"] == "logistic regression on word counts"
     assert facts["baseline"]["val"] > 0.6 and "features" not in facts
     diagnosis = tl.doctor(str(run_dir), quiet=True)
-    assert isinstance(diagnosis.ids, list)
+    assert "unnormalized-inputs" not in diagnosis.ids  # token ids are not a scale to fix
+    with pytest.raises(TorchloomError, match="explain: text runs are not supported"):
+        refuse_text(reloaded)
 
     result = subprocess.run(
         [sys.executable, "-m", "torchloom", "predict", str(run_dir), "-"],

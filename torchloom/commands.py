@@ -137,8 +137,10 @@ def doctor(args: argparse.Namespace) -> int:
 
 def explain(args: argparse.Namespace) -> int:
     from torchloom.explanations import explain as attribute
+    from torchloom.explanations import refuse_text
 
     run = api.load_run(args.run_dir, data=False)
+    refuse_text(run)
     features = read_inputs(Path(args.input), run.preprocess.feature_names)
     explanation = attribute(
         run, features, method=args.method.replace("-", "_"), target=args.target, plot=args.plot
