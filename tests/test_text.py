@@ -72,6 +72,20 @@ def test_vocabulary_comes_from_the_training_split_only(reviews_csv):
     assert data.spec["standardize"] is False
 
 
+def test_text_csv_orders_numeric_labels_as_numbers(tmp_path):
+    path = tmp_path / "stars.csv"
+    pd.DataFrame({"text": ["bad", "fine", "great", "ok"] * 10, "stars": [2, 10, 9, 2] * 10}).to_csv(
+        path, index=False
+    )
+    data = tl.data.load("text_csv", path=str(path), text_column="text", label_column="stars")
+    assert data.classes == ["2", "9", "10"]
+    assert data.preprocess.transform(["great"]).tolist()[0][0] > 1  # a known word
+    class_of_word = {"bad": 0, "ok": 0, "great": 1, "fine": 2}
+    vocabulary = data.preprocess.tokenizer.vocabulary
+    for features, target in zip(data.train.features, data.train.targets, strict=True):
+        assert class_of_word[vocabulary[features[0]]] == target
+
+
 def test_text_csv_names_a_missing_column_and_file(reviews_csv):
     with pytest.raises(DataError) as error:
         tl.data.load("text_csv", path=str(reviews_csv), text_column="reveiw", label_column="stars")

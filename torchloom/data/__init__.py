@@ -146,8 +146,10 @@ def load(
 
     Args:
         name: a source from `names()`: "digits", "iris", "wine", "breast_cancer", "diabetes",
-            "csv" (with `path=` and `target=`), or the image sources "fashion_mnist", "idx",
-            "mnist_5k", "cifar10", "image_folder".
+            "csv" (with `path=` and `target=`), the image sources "fashion_mnist", "idx",
+            "mnist_5k", "cifar10", "image_folder", or the text sources "rotten_tomatoes" and
+            "text_csv" (raw text, tokenized with a vocabulary fitted on train; never
+            standardized).
         val, test: fractions of all samples held out for validation and test. Sources with an
             official test set (fashion_mnist, idx, cifar10) use it whenever `test` > 0, and
             `val` is a fraction of their official training set.

@@ -13,6 +13,7 @@ tokenizes raw strings exactly as training did.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from collections import Counter
@@ -144,12 +145,16 @@ def text_table(
     """A classification `Table` of raw texts; the tokenizer is fitted later, on train only."""
     _check_options(min_freq, max_size, max_len)
     labels = np.asarray(labels).astype(str)
-    classes, targets = np.unique(labels, return_inverse=True)
+    classes = sorted(set(labels.tolist()))
+    with contextlib.suppress(ValueError):  # numbers in numeric order ("2" before "10")
+        classes = sorted(classes, key=float)
+    position = {label: index for index, label in enumerate(classes)}
+    targets = np.array([position[label] for label in labels], dtype=np.int64)
     return Table(
         features=np.asarray(texts, dtype=object),
-        targets=targets.astype(np.int64),
+        targets=targets,
         task="classification",
-        classes=[str(c) for c in classes],
+        classes=classes,
         feature_names=["text"],
         name=name,
         tokenizer={"min_freq": min_freq, "max_size": max_size, "max_len": max_len},
@@ -221,7 +226,7 @@ def text_csv(
         path: the CSV file.
         text_column: the column holding the text.
         label_column: the column holding each text's class (any values; each distinct one is a
-            class, sorted as strings).
+            class, in numeric order when all are numbers, else alphabetical).
         min_freq, max_size, max_len: the tokenizer's options (see `Tokenizer.fit`).
 
     Raises:

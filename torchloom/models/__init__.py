@@ -1,7 +1,7 @@
 """The model zoo: plain `nn.Module` builders in a registry, plus sizing from the data.
 
     model = torchloom.models.build("mlp", hidden=[128, 64])   # sizes come from the data in fit
-    torchloom.models.names()      # ['convnet', 'layers', 'lenet', 'mlp', 'resnet']
+    torchloom.models.names()      # ['convnet', 'layers', 'lenet', 'mlp', 'resnet', 'text_bag', ...]
 
 Adding a model is one builder function plus one line in `BUILDERS`. A builder takes keyword
 options and may take `in_features` and `num_outputs`; left out, they are inferred from the data.
