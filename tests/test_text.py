@@ -86,6 +86,25 @@ def test_text_csv_orders_numeric_labels_as_numbers(tmp_path):
         assert class_of_word[vocabulary[features[0]]] == target
 
 
+def test_summary_sizes_the_embedding_from_the_vocabulary(reviews_csv, tmp_path, capsys):
+    import argparse
+
+    from torchloom.commands import summary
+
+    config = tmp_path / "text.yaml"
+    config.write_text(
+        f"data: {{name: text_csv, path: {reviews_csv}, text_column: review, "
+        "label_column: stars, max_len: 5}\nmodel: {name: text_bag, embedding_dim: 4, hidden: []}\n"
+    )
+    assert summary(argparse.Namespace(arguments=[str(config)])) == 0
+    vocab_size = len(tl.data.load(
+        "text_csv", path=str(reviews_csv), text_column="review", label_column="stars"
+    ).preprocess.tokenizer.vocabulary)  # fmt: skip
+    output = capsys.readouterr().out
+    assert "input (-1, 5)" in output
+    assert f"│ {vocab_size * 4:>10,} │" in output  # the embedding: vocab_size x 4 parameters
+
+
 def test_text_csv_names_a_missing_column_and_file(reviews_csv):
     with pytest.raises(DataError) as error:
         tl.data.load("text_csv", path=str(reviews_csv), text_column="reveiw", label_column="stars")
@@ -167,12 +186,16 @@ def test_text_model_options_are_checked_with_the_config():
     with pytest.raises(ConfigError) as error:
         tl.api.resolve_config(
             {
-                "data": {"name": "rotten_tomatoes"},
+                "data": {"name": "rotten_tomatoes", "min_frq": 2},
                 "model": {"name": "text_rnn", "cell": "rnn", "hiden": 64, "dropout": 1.5},
             }
         )
     message = str(error.value)
     assert "model.hiden: model 'text_rnn' has no option 'hiden'. Did you mean 'hidden'?" in message
+    assert (
+        "data.min_frq: data source 'rotten_tomatoes' has no option 'min_frq'. Did you mean "
+        "'min_freq'?"
+    ) in message
     assert "model.cell: expected one of lstm, gru, got 'rnn'." in message
     assert "model.dropout: expected a probability in [0, 1), got 1.5." in message
 
