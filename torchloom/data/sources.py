@@ -179,6 +179,7 @@ from torchloom.data.images import (  # noqa: E402
     image_folder,
     mnist_5k,
 )
+from torchloom.data.series import SERIES_SOURCES  # noqa: E402
 from torchloom.data.text import rotten_tomatoes, text_csv  # noqa: E402
 
 SOURCES: dict[str, Callable[..., Table]] = {
@@ -193,6 +194,7 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "mnist_5k": mnist_5k,
     "cifar10": cifar10,
     "image_folder": image_folder,
+    **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
     "rotten_tomatoes": rotten_tomatoes,
     "text_csv": text_csv,
 }

@@ -8,11 +8,13 @@ from __future__ import annotations
 from torchloom.errors import lookup
 from torchloom.tasks.base import Task
 from torchloom.tasks.classification import Classification
+from torchloom.tasks.forecast import Forecast
 from torchloom.tasks.regression import Regression
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "regression": Regression,
+    "forecast": Forecast,
 }
 
 
@@ -21,4 +23,4 @@ def make_task(name: str, **options) -> Task:
     return lookup(TASKS, name, "task")(**options)
 
 
-__all__ = ["TASKS", "Classification", "Regression", "Task", "make_task"]
+__all__ = ["TASKS", "Classification", "Forecast", "Regression", "Task", "make_task"]
