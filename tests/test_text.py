@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 
 import torchloom as tl
 from torchloom.api import fit_config
+from torchloom.cli import main
 from torchloom.data.text import PAD_ID, UNKNOWN_ID, Tokenizer, tokenize
 from torchloom.errors import ConfigError, DataError, TorchloomError
 from torchloom.explanations import refuse_text
@@ -209,7 +209,7 @@ def test_a_text_model_on_numbers_and_a_too_small_vocabulary_say_so():
 
 
 def test_text_run_saves_its_vocabulary_reloads_predicts_raw_text_and_the_doctor_answers(
-    tmp_path,
+    tmp_path, capsys, monkeypatch
 ):
     overrides = [
         "data.full=false", "trainer.epochs=2", "trainer.progress=false",
@@ -236,15 +236,11 @@ def test_text_run_saves_its_vocabulary_reloads_predicts_raw_text_and_the_doctor_
     with pytest.raises(TorchloomError, match="explain: text runs are not supported"):
         refuse_text(reloaded)
 
-    result = subprocess.run(
-        [sys.executable, "-m", "torchloom", "predict", str(run_dir), "-"],
-        input="\n".join(texts) + "\n\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    frame = pd.read_csv(io.StringIO(result.stdout))
+    # The command line as typed (in this process: a fresh one costs seconds of imports).
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(texts) + "\n\n"))
+    assert main(["predict", str(run_dir), "-"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert frame["text"].tolist() == texts  # the blank line is skipped
     np.testing.assert_allclose(frame[["probability/fresh", "probability/rotten"]], expected, 1e-6)
 
