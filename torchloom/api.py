@@ -473,7 +473,9 @@ def prepare(
     task = _task_for(config, data)
     data_on_device = data.to(device)
     model = model.to(device)
-    models.materialize(model, data_on_device.train.features[:2], data.num_outputs)
+    models.materialize(
+        model, data_on_device.train.features[:2], data.num_outputs, data.preprocess.vocab_size
+    )
     init_module.initialize(model, **config.init.model_dump())
     parameters = model.parameters()
     transfer = config.transfer
@@ -736,8 +738,10 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         classes=preprocess.classes,
         preprocess=preprocess,
     )
-    example = torch.zeros(2, *preprocess.extra["input_shape"])
-    models.materialize(model, example, preprocess.extra["num_outputs"])
+    # Text runs take token ids (0 is <pad>); others take floats.
+    dtype = torch.float32 if preprocess.tokenizer is None else torch.int64
+    example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)
+    models.materialize(model, example, preprocess.extra["num_outputs"], preprocess.vocab_size)
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)

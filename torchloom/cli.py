@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   torchloom train examples/digits_mlp.yaml trainer.epochs=50 optimizer.lr=0.05
   torchloom evaluate runs/mlp-digits-20261127-101500 --json
   torchloom predict runs/mlp-digits-20261127-101500 new_samples.csv -o predictions.csv
+  echo "a gorgeous, moving film" | torchloom predict runs/text_bag-rotten_tomatoes-20261127-1015 -
   torchloom summary examples/wine_layers.yaml
   torchloom lr-find examples/digits_mlp.yaml --plot lr.png
   torchloom doctor runs/mlp-digits-20261127-101500 --json
@@ -56,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
-    predict = commands.add_parser("predict", help="predictions for new inputs (.csv or .npy)")
+    predict = commands.add_parser(
+        "predict",
+        help="predictions for new inputs (.csv or .npy; text runs: raw text, one a line)",
+        description="INPUT is a .csv or .npy file of features. For a text run it is a text file "
+        "with one raw text a line, '-' to read them from stdin, or a .csv with the run's text "
+        "column; blank lines are skipped and the output repeats each text.",
+    )
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("input", metavar="INPUT")
     predict.add_argument("-o", "--output", help="write a CSV here (default: print to stdout)")

@@ -37,7 +37,8 @@ def train(args: argparse.Namespace) -> int:
     if run.dir is not None:
         console.print(f"run saved to [bold]{run.dir}[/bold]")
         console.print(f"  evaluate: torchloom evaluate {run.dir}")
-        console.print(f"  predict:  torchloom predict {run.dir} INPUT.csv")
+        what = "TEXTS.txt (one a line, or - for stdin)" if run.preprocess.tokenizer else "INPUT.csv"
+        console.print(f"  predict:  torchloom predict {run.dir} {what}")
         if run.config.output.tensorboard:
             console.print(f"  curves:   tensorboard --logdir {run.dir.parent}")
     return 0
@@ -66,9 +67,14 @@ def predict(args: argparse.Namespace) -> int:
         raise TorchloomError(
             f"--steps: {args.run_dir} is a {run.task.name} run; --steps is for forecasting runs."
         )
-    features = read_inputs(Path(args.input), run.preprocess.feature_names)
-    predictions = run.predict(features)
-    frame = predictions_frame(predictions, run.preprocess.classes)
+    if run.preprocess.tokenizer is not None:  # a text run: raw text lines in
+        texts = read_texts(args.input, run.preprocess.feature_names[0])
+        frame = predictions_frame(run.predict(texts), run.preprocess.classes)
+        frame.insert(0, "text", texts)
+    else:
+        features = read_inputs(Path(args.input), run.preprocess.feature_names)
+        predictions = run.predict(features)
+        frame = predictions_frame(predictions, run.preprocess.classes)
     if args.output:
         from torchloom.io import atomic_write_text
 
@@ -136,7 +142,7 @@ def summary(args: argparse.Namespace) -> int:
     data = api.load_data(config)
     model = models.build(config.model.name, **config.model.options)
     example = data.train.features[:2]
-    models.materialize(model, example, data.num_outputs)
+    models.materialize(model, example, data.num_outputs, data.preprocess.vocab_size)
     rows = models.summary(model, example)
     table = Table(title=f"{config.model.name} on {data.name}: input {(-1, *data.input_shape)}")
     for column in ("layer", "type", "output shape", "parameters"):
@@ -164,8 +170,10 @@ def doctor(args: argparse.Namespace) -> int:
 
 def explain(args: argparse.Namespace) -> int:
     from torchloom.explanations import explain as attribute
+    from torchloom.explanations import refuse_text
 
     run = api.load_run(args.run_dir, data=False)
+    refuse_text(run)
     features = read_inputs(Path(args.input), run.preprocess.feature_names)
     explanation = attribute(
         run, features, method=args.method.replace("-", "_"), target=args.target, plot=args.plot
@@ -260,6 +268,39 @@ def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:
     if non_numeric:
         raise DataError(f"{path}: column '{non_numeric[0]}' is not numeric.")
     return frame.to_numpy(dtype=np.float32)
+
+
+def read_texts(source: str, column: str) -> list[str]:
+    """Raw texts for a text run: one a line of a text file, or of stdin when `source` is "-";
+    from a .csv file, its column `column` (the run's text column). Blank lines are skipped.
+
+    Raises:
+        DataError: a missing file or column, or no text at all.
+    """
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"no such input file '{path}'. Give a text file, one text a line.")
+        if path.suffix == ".csv":
+            import pandas as pd
+
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if column not in frame.columns:
+                columns = list(map(str, frame.columns))
+                raise DataError(
+                    f"{path}: no text column '{column}'.{did_you_mean(column, columns)} "
+                    f"Columns: {', '.join(columns)}. Name the text column '{column}', or give a "
+                    "plain text file with one text a line."
+                )
+            lines = frame[column].tolist()
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"{source}: no text to predict; give one text a line.")
+    return texts
 
 
 def predictions_frame(predictions: dict[str, np.ndarray], classes: list[str] | None):

@@ -138,6 +138,16 @@ class Explanation:
         return Path(path)
 
 
+def refuse_text(run) -> None:
+    """Raise for a text run: token ids have no gradient, so attributions would have to go to
+    their embeddings, which is not implemented."""
+    if run.preprocess.tokenizer is not None:
+        raise TorchloomError(
+            "explain: text runs are not supported (attributions to token ids need attributions "
+            "to their embeddings, which torchloom does not compute yet). Use predict instead."
+        )
+
+
 def explain(
     run,
     inputs,
@@ -187,6 +197,7 @@ def explain(
         from torchloom.api import load_run
 
         run = load_run(run, data=False)
+    refuse_text(run)
     features = _model_inputs(run, inputs, preprocessed)
     model = run.model.eval()
     device = run.device

@@ -82,19 +82,24 @@ class Run:
         Args:
             features: (num_samples, num_features) array-like of raw values; images as
                 (num_samples, channels, height, width), (num_samples, height, width, channels)
-                or, for one channel, (num_samples, height, width).
-            preprocessed: the inputs are already scaled (skip the saved preprocessing).
+                or, for one channel, (num_samples, height, width); for text runs, raw strings
+                (a list, or one string), tokenized with the run's saved vocabulary.
+            preprocessed: the inputs are already scaled (skip the saved preprocessing); for
+                text, (num_samples, length) token ids.
 
         Returns:
             Classification: {"class": (n,) int, "probabilities": (n, num_classes)};
             regression: {"value": (n, num_targets)}.
         """
-        array = np.asarray(features, dtype=np.float32)
-        expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
-        # Images may come channels-last, without the channel axis, or as flat rows.
-        array = arrange_inputs(array, expected)
-        if not preprocessed:
-            array = self.preprocess.transform(array)
+        if self.preprocess.tokenizer is not None:
+            array = self._text_inputs(features, preprocessed)
+        else:
+            array = np.asarray(features, dtype=np.float32)
+            expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
+            # Images may come channels-last, without the channel axis, or as flat rows.
+            array = arrange_inputs(array, expected)
+            if not preprocessed:
+                array = self.preprocess.transform(array)
         inputs = torch.from_numpy(array).to(self.device)
         batch_size = self.config.trainer.batch_size
         self.model.eval()
@@ -110,6 +115,20 @@ class Run:
                 else self.model(inputs)
             )
         return {key: value.cpu().numpy() for key, value in self.task.predict(outputs).items()}
+
+    def _text_inputs(self, texts, preprocessed: bool) -> np.ndarray:
+        """(num_samples, max_len) token ids for raw strings, as training tokenized them."""
+        if preprocessed:
+            ids = np.asarray(texts)
+            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+                raise DataError(
+                    f"preprocessed text inputs: expected (num_samples, length) integer token ids, "
+                    f"got an array of {ids.dtype} with shape {ids.shape}."
+                )
+            return ids.astype(np.int64, copy=False)
+        if isinstance(texts, str):
+            texts = [texts]  # one text, not a sequence of characters
+        return self.preprocess.transform(list(texts))
 
     def __repr__(self) -> str:
         where = f" at {self.dir}" if self.dir else ""

@@ -37,7 +37,8 @@ __all__ = [
 
 @dataclass
 class Split:
-    """One split as tensors: features (num_samples, ...) float32, targets int64 or float32."""
+    """One split as tensors: features (num_samples, ...) float32, or for text (num_samples,
+    max_len) int64 token ids padded with 0; targets int64 or float32."""
 
     features: torch.Tensor
     targets: torch.Tensor
@@ -155,9 +156,11 @@ def load(
 
     Args:
         name: a source from `names()`: "digits", "iris", "wine", "breast_cancer", "diabetes",
-            "csv" (with `path=` and `target=`), or the image sources "fashion_mnist", "idx",
-            "mnist_5k", "cifar10", "image_folder", and the time series "sunspots", "nile",
-            "co2", "elnino", "series_csv" (see `torchloom.data.windows`).
+            "csv" (with `path=` and `target=`), the image sources "fashion_mnist", "idx",
+            "mnist_5k", "cifar10", "image_folder", the time series "sunspots", "nile", "co2",
+            "elnino", "series_csv" (see `torchloom.data.windows`), or the text sources
+            "rotten_tomatoes" and "text_csv" (raw text, tokenized with a vocabulary fitted on
+            train; never standardized).
         val, test: fractions of all samples held out for validation and test (time series hold
             out their last steps: a fraction below 1, or a whole count). Sources with an
             official test set (fashion_mnist, idx, cifar10) use it whenever `test` > 0, and
@@ -206,7 +209,7 @@ def load(
         "val": val,
         "test": test,
         "seed": seed,
-        "standardize": standardize,
+        "standardize": standardize if data.preprocess.tokenizer is None else False,
     }
     return data
 
@@ -317,7 +320,8 @@ def split_table(
     num_samples = len(table.features)
     if num_samples == 0:
         raise DataError(f"data '{table.name}' is empty: no samples to train on.")
-    if not np.issubdtype(table.features.dtype, np.integer):  # raw pixels are never NaN or inf
+    # Raw pixels are never NaN or inf; text (strings) has its own checks.
+    if table.tokenizer is None and not np.issubdtype(table.features.dtype, np.integer):
         flat = table.features.reshape(num_samples, -1)
         checks = (
             (np.isnan, "missing value (NaN)", "at row {row}. Fill or drop missing values"),
@@ -368,7 +372,10 @@ def split_table(
                 f"data.{name}: 0."
             )
     preprocess = Preprocess(table.feature_names, table.classes, table.task)
-    preprocess.fit(table.features[train_index], standardize)
+    if table.tokenizer is not None:  # the vocabulary, from the training texts only
+        preprocess.fit_tokenizer(table.features[train_index], table.tokenizer)
+    else:
+        preprocess.fit(table.features[train_index], standardize)
 
     def make(rows: np.ndarray) -> Split | None:
         if len(rows) == 0:

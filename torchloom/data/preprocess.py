@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from torchloom.errors import DataError
+
+if TYPE_CHECKING:
+    from torchloom.data.text import Tokenizer
 
 
 @dataclass
@@ -21,6 +25,9 @@ class Preprocess:
             channel (see `per`); None when off.
         per: "feature" (tables) or "channel" (images: one mean and std per color channel, over
             every pixel of the training images).
+        tokenizer: for text, the vocabulary fitted on the training split (see
+            `torchloom.data.text`); `transform` then turns raw strings into token ids. None for
+            numbers.
     """
 
     feature_names: list[str]
@@ -30,6 +37,21 @@ class Preprocess:
     std: list[float] | None = None
     extra: dict = field(default_factory=dict)
     per: str = "feature"
+    tokenizer: Tokenizer | None = None
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Entries in the text vocabulary (`<pad>` and `<unk>` included); None for numbers."""
+        return None if self.tokenizer is None else len(self.tokenizer.vocabulary)
+
+    def fit_tokenizer(self, train_texts: np.ndarray, options: dict) -> Preprocess:
+        """Build the text vocabulary from the training texts only (options: min_freq, max_size,
+        max_len; see `torchloom.data.text.Tokenizer.fit`). Text is never standardized."""
+        from torchloom.data.text import Tokenizer
+
+        self.tokenizer = Tokenizer.fit(train_texts, **options)
+        self.mean = self.std = None
+        return self
 
     def fit(self, train_features: np.ndarray, standardize: bool | str) -> Preprocess:
         """Fit the scaler on the training features only.
@@ -67,7 +89,10 @@ class Preprocess:
         return self
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Apply the fitted scaling; returns float32 of the same shape."""
+        """Apply the fitted scaling; returns float32 of the same shape. For text: raw strings
+        (num_samples,) in, (num_samples, max_len) int64 token ids out."""
+        if self.tokenizer is not None:
+            return self.tokenizer.encode(features)
         features = np.asarray(features, dtype=np.float32)
         if self.mean is None:
             return features
@@ -83,6 +108,7 @@ class Preprocess:
         return ((flat - mean) / std).reshape(shape).astype(np.float32)
 
     def to_json(self) -> dict:
+        text = {} if self.tokenizer is None else {"text": self.tokenizer.to_json()}
         return {
             "format": 1,
             "task": self.task,
@@ -92,11 +118,17 @@ class Preprocess:
             if self.mean is None
             else {"mean": self.mean, "std": self.std, "per": self.per},
             "extra": self.extra,
+            **text,
         }
 
     @classmethod
     def from_json(cls, payload: dict) -> Preprocess:
         scale = payload.get("standardize") or {}
+        tokenizer = None
+        if payload.get("text") is not None:
+            from torchloom.data.text import Tokenizer
+
+            tokenizer = Tokenizer.from_json(payload["text"])
         return cls(
             feature_names=list(payload["feature_names"]),
             classes=payload.get("classes"),
@@ -105,6 +137,7 @@ class Preprocess:
             std=scale.get("std"),
             extra=payload.get("extra", {}),
             per=scale.get("per", "feature"),
+            tokenizer=tokenizer,
         )
 
 

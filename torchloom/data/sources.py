@@ -31,6 +31,8 @@ class Table:
         name: where the data came from, for messages and run names.
         test_start: rows from this index on are the source's official test set (Fashion-MNIST,
             CIFAR-10); None when the test split is drawn at random.
+        tokenizer: for text, whose features are raw strings (num_samples,): the tokenizer's
+            options (`min_freq`, `max_size`, `max_len`), fitted on the training split; else None.
     """
 
     features: np.ndarray
@@ -40,6 +42,7 @@ class Table:
     feature_names: list[str]
     name: str
     test_start: int | None = None
+    tokenizer: dict | None = None
 
 
 def _from_sklearn(loader: Callable, name: str, task: str) -> Table:
@@ -177,6 +180,7 @@ from torchloom.data.images import (  # noqa: E402
     mnist_5k,
 )
 from torchloom.data.series import SERIES_SOURCES  # noqa: E402
+from torchloom.data.text import rotten_tomatoes, text_csv  # noqa: E402
 
 SOURCES: dict[str, Callable[..., Table]] = {
     "digits": digits,
@@ -191,4 +195,6 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "cifar10": cifar10,
     "image_folder": image_folder,
     **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
+    "rotten_tomatoes": rotten_tomatoes,
+    "text_csv": text_csv,
 }
