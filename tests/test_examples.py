@@ -36,8 +36,14 @@ SMALLER = {
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_trains_a_few_epochs(path):
+def test_example_trains_a_few_epochs(path, tmp_path):
     overrides = ["trainer.epochs=3", "output.dir=null", "trainer.progress=false"]
+    if path.name == "digits_transfer.yaml":  # its source: the run its comment says to train
+        source = fit_config(
+            path.with_name("digits_mlp.yaml"),
+            ["trainer.epochs=3", f"output.dir={tmp_path}", "trainer.progress=false"],
+        )
+        overrides.append(f"transfer.source={source.dir}")
     run = fit_config(path, overrides + SMALLER.get(path.name, []))
     assert len(run.history) == 3
     assert run.history[-1]["train/loss"] < run.history[0]["train/loss"]
