@@ -29,7 +29,7 @@ from pydantic import (
 
 from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "multilabel", "anomaly"]
 Mode = Literal["auto", "min", "max"]
 
 
@@ -288,6 +288,9 @@ class Config(Section):
     """A whole run. Every field has a default: an empty config trains the MLP on digits."""
 
     task: Task | None = None
+    # The task's own options, e.g. {tune_thresholds: true} (multilabel) or
+    # {threshold_rule: best_f1} (anomaly); checked against the task's signature.
+    task_options: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     init: InitConfig = InitConfig()
@@ -296,6 +299,14 @@ class Config(Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _known_task_options(self, info: ValidationInfo) -> Config:
+        check = (info.context or {}).get("tasks_options")
+        problems = check(self.task, self.task_options) if check is not None else []
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 def mode_for(monitor: str, mode: str) -> str:

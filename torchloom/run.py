@@ -87,7 +87,9 @@ class Run:
 
         Returns:
             Classification: {"class": (n,) int, "probabilities": (n, num_classes)};
-            regression: {"value": (n, num_targets)}.
+            regression: {"value": (n, num_targets)}; multilabel: {"labels": (n, num_labels)
+            0/1 at the run's thresholds, "probabilities": (n, num_labels)}; anomaly:
+            {"score": (n,) reconstruction error, "anomaly": (n,) 0/1 at the saved threshold}.
         """
         array = np.asarray(features, dtype=np.float32)
         expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
@@ -109,7 +111,8 @@ class Run:
                 if len(inputs)
                 else self.model(inputs)
             )
-        return {key: value.cpu().numpy() for key, value in self.task.predict(outputs).items()}
+        predictions = self.task.predict_batch(outputs, inputs)
+        return {key: value.cpu().numpy() for key, value in predictions.items()}
 
     def __repr__(self) -> str:
         where = f" at {self.dir}" if self.dir else ""

@@ -34,7 +34,12 @@ __all__ = [
 
 @dataclass
 class Split:
-    """One split as tensors: features (num_samples, ...) float32, targets int64 or float32."""
+    """One split as tensors: features (num_samples, ...) float32, targets int64 or float32.
+
+    Anomaly data carries (num_samples, 1 + num_features) float32 targets: column 0 is the label
+    (1 anomaly, 0 normal), the rest the flattened preprocessed input, which an autoencoder's loss
+    reconstructs (see `torchloom.tasks.anomaly`).
+    """
 
     features: torch.Tensor
     targets: torch.Tensor
@@ -92,9 +97,12 @@ class Data:
 
     @property
     def num_outputs(self) -> int:
-        """Output units a model needs: one per class, or one per regression target."""
+        """Output units a model needs: one per class, regression target or label; for anomaly
+        detection one per input feature (an autoencoder's reconstruction)."""
         if self.task == "classification":
             return len(self.classes)
+        if self.task == "anomaly":
+            return self.num_features
         return 1 if self.train.targets.dim() == 1 else int(self.train.targets.shape[1])
 
     def split(self, name: str) -> Split:
@@ -212,12 +220,14 @@ def from_arrays(
     Args:
         features: (num_samples, ...) array-like of numbers.
         targets: (num_samples,) class indices, or (num_samples,) / (num_samples, k) floats.
-        task: "classification" or "regression"; inferred when None (integer targets are classes).
+        task: "classification", "regression", "multilabel" ((num_samples, num_labels) 0/1
+            targets) or "anomaly" ((num_samples,) 0/1 targets, 1 = anomaly); inferred when
+            None (integer targets are classes).
         val, test: held-out fractions (0 keeps everything for training).
         seed: seeds the split.
         standardize: fit a scaler on the training split (off by default: your arrays, your
             preprocessing).
-        classes: class names in index order; default "0", "1", ...
+        classes: class names in index order (label names for multilabel); default "0", "1", ...
     """
     features = _to_numpy(features, "features")
     targets = _to_numpy(targets, "targets")
@@ -264,8 +274,13 @@ def from_arrays(
     elif task == "regression":
         targets = targets.astype(np.float32).reshape(len(targets), -1)
         classes = None
+    elif task in ("multilabel", "anomaly"):
+        targets, classes = _binary_targets(targets, task, classes)
     else:
-        raise DataError(f"task: expected 'classification' or 'regression', got '{task}'.")
+        raise DataError(
+            f"task: expected 'classification', 'regression', 'multilabel' or 'anomaly', "
+            f"got '{task}'."
+        )
     shape = features.shape[1:]
     feature_names = [f"x{i}" for i in range(int(np.prod(shape)))]
     table = Table(features, targets, task, classes, feature_names, "arrays")
@@ -285,7 +300,11 @@ def split_table(
 ) -> Data:
     """Split a table (stratified for classes), fit preprocessing on train, make tensors.
 
-    A table with an official test set (`table.test_start`) keeps it as the test split."""
+    A table with an official test set (`table.test_start`) keeps it as the test split.
+    Multilabel tables are split at random (seeded, not stratified: label sets are too many to
+    stratify on). Anomaly tables are stratified by label, then the training split keeps only its
+    normal rows: the autoencoder and the scaler learn what normal looks like, while val and test
+    keep both kinds to measure how well anomalies are told apart."""
     from sklearn.model_selection import train_test_split
 
     for label, fraction in (("val", val), ("test", test)):
@@ -314,7 +333,7 @@ def split_table(
                     f"{advice.format(row=row)} before training."
                 )
     index = np.arange(num_samples)
-    stratify = table.task == "classification"
+    stratify = table.task in ("classification", "anomaly")
 
     def hold_out(pool: np.ndarray, size: float, name: str) -> tuple[np.ndarray, np.ndarray]:
         if size == 0:
@@ -349,6 +368,8 @@ def split_table(
                 f"at least 2 are needed to measure anything. Use more data or set "
                 f"data.{name}: 0."
             )
+    if table.task == "anomaly":
+        train_index = train_index[table.targets[train_index] == 0]  # normal rows only
     preprocess = Preprocess(table.feature_names, table.classes, table.task)
     preprocess.fit(table.features[train_index], standardize)
 
@@ -357,12 +378,41 @@ def split_table(
             return None
         rows = np.sort(rows)  # keep the source order inside a split; shuffling is the loader's
         features = torch.from_numpy(preprocess.transform(table.features[rows]))
-        return Split(features, torch.from_numpy(np.ascontiguousarray(table.targets[rows])))
+        targets = torch.from_numpy(np.ascontiguousarray(table.targets[rows]))
+        if table.task == "anomaly":  # (n, 1 + num_features): the label, then what to rebuild
+            targets = torch.cat([targets.float()[:, None], features.reshape(len(rows), -1)], 1)
+        return Split(features, targets)
 
     train = make(train_index)
     if train is None:
         raise DataError(f"data '{table.name}': the training split is empty.")
     return Data(train, make(val_index), make(test_index), preprocess, table.name)
+
+
+def _binary_targets(
+    targets: np.ndarray, task: str, classes: list[str] | None
+) -> tuple[np.ndarray, list[str]]:
+    """0/1 targets for the multilabel ((n, num_labels)) or anomaly ((n,)) task, checked."""
+    expected_dims = 2 if task == "multilabel" else 1
+    if targets.ndim != expected_dims:
+        shape = "(num_samples, num_labels)" if task == "multilabel" else "(num_samples,)"
+        raise DataError(
+            f"{task} targets: expected shape {shape}, got {tuple(targets.shape)}."
+            + (" Give one 0/1 column per label." if task == "multilabel" else "")
+        )
+    bad = ~np.isin(targets, (0, 1))
+    if bad.any():
+        position = tuple(int(i) for i in np.argwhere(bad)[0])
+        meaning = "1 = has the label" if task == "multilabel" else "1 = anomaly, 0 = normal"
+        raise DataError(
+            f"{task} targets must be 0 or 1 ({meaning}); found {targets[position]!r} at "
+            f"{position if len(position) > 1 else position[0]}. Map your labels to 0/1."
+        )
+    if task == "multilabel":
+        classes = classes or [str(i) for i in range(targets.shape[1])]
+    else:
+        classes = classes or ["normal", "anomaly"]
+    return targets.astype(np.int64), classes
 
 
 def _to_numpy(values, what: str) -> np.ndarray:
