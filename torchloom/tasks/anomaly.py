@@ -49,7 +49,7 @@ class ReconstructionLoss(nn.Module):
 
 
 class Anomaly(Task):
-    """Model outputs are (batch, num_features) reconstructions; targets (batch, 1 + num_features)."""
+    """Outputs are (batch, num_features) reconstructions; targets (batch, 1 + num_features)."""
 
     name = "anomaly"
     default_loss = "mse"
