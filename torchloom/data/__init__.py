@@ -405,7 +405,7 @@ def _binary_targets(
         position = tuple(int(i) for i in np.argwhere(bad)[0])
         meaning = "1 = has the label" if task == "multilabel" else "1 = anomaly, 0 = normal"
         raise DataError(
-            f"{task} targets must be 0 or 1 ({meaning}); found {targets[position]!r} at "
+            f"{task} targets must be 0 or 1 ({meaning}); found {targets[position].item()!r} at "
             f"{position if len(position) > 1 else position[0]}. Map your labels to 0/1."
         )
     if task == "multilabel":
