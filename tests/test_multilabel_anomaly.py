@@ -93,6 +93,8 @@ def test_tuned_thresholds_are_saved_and_reused_by_the_cli(tmp_path):
     thresholds = np.array(list(saved["thresholds"].values()))
     assert len(thresholds) == 14 and not np.allclose(thresholds, 0.5)
     np.testing.assert_allclose(thresholds, run.task.thresholds.numpy(), rtol=1e-6)
+    # Reloaded, the run evaluates at the tuned thresholds, as the trained one does.
+    assert tl.load_run(run_dir).evaluate("test") == pytest.approx(run.evaluate("test"))
     rows = pd.read_csv(multilabel_anomaly._river_file("yeast.csv.gz"), nrows=40).filter(like="Att")
     rows.to_csv(tmp_path / "genes.csv", index=False)
     # A fresh process: load_run reads task.json back.
@@ -125,6 +127,22 @@ def test_anomaly_run_reloads_threshold_and_predicts_score_and_flag(tmp_path):
     np.testing.assert_allclose(frame["score"], run.predict(features)["score"], rtol=1e-6)
     np.testing.assert_array_equal(frame["anomaly"], (frame["score"] >= run.task.threshold))
     assert frame["anomaly"].sum() > 0
+
+
+@pytest.mark.slow
+def test_contamination_rule_flags_that_share_of_the_validation_split():
+    data = tl.data.load("digits_anomaly", held_out=3)
+    run = tl.fit(
+        "autoencoder",
+        data,
+        task_options={"threshold_rule": "contamination", "contamination": 0.2},
+        optimizer="adam",
+        epochs=2,
+        progress=False,
+        diagnostics_every=0,
+    )
+    flags = run.predict(data.val.features.numpy(), preprocessed=True)["anomaly"]
+    assert flags.mean() == pytest.approx(0.2, abs=1 / len(flags))
 
 
 def test_conv_autoencoder_rebuilds_images_flat():

@@ -189,10 +189,25 @@ def _score_metrics_class():
         def __init__(self, metrics: dict, task: Anomaly):
             super().__init__(metrics, compute_groups=False)
             self._threshold = task.threshold
+            self._anomalies = self._rows = 0  # device tensors once updated: no per-batch sync
+
+        def reset(self) -> None:
+            super().reset()
+            self._anomalies = self._rows = 0
+
+        def compute(self) -> dict[str, torch.Tensor]:
+            anomalies, rows = int(self._anomalies), int(self._rows)
+            if 0 < anomalies < rows:
+                return super().compute()
+            # One kind of row only (the training split holds normal rows): ranking metrics are
+            # undefined, so leave them out rather than report torchmetrics' warning and a 0.
+            return {name: m.compute() for name, m in self.items(keep_base=True) if name == "f1"}
 
         def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
             score = reconstruction_error(outputs, targets[:, 1:]).double()  # (batch,)
             labels = targets[:, 0].long()
+            self._anomalies = self._anomalies + labels.sum()
+            self._rows = self._rows + len(labels)
             # Scores are unbounded; torchmetrics would squash values outside [0, 1] with a
             # sigmoid, which saturates (ties) above ~17 in float32. score / (1 + score) keeps the
             # order in [0, 1), so AUROC and average precision are those of the score itself.
