@@ -188,3 +188,43 @@ def test_task_options_are_validated_with_suggestions():
             task_options={"threshold_rule": "best_f1"},
             epochs=1,
         )
+
+
+def test_multilabel_loss_with_pos_weight_equals_plain_pytorch():
+    data = tl.data.load("yeast")
+    pos_weight = [float(w) for w in np.linspace(0.5, 3.0, 14)]
+    run = tl.fit(
+        "mlp",
+        data,
+        loss={"name": "bce_with_logits", "pos_weight": pos_weight},
+        epochs=1,
+        progress=False,
+        diagnostics_every=0,
+    )
+    test = data.test
+    with torch.no_grad():
+        expected = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))(
+            run.model(test.features), test.targets.float()
+        )
+    assert run.evaluate("test")["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_anomaly_from_arrays_trains_on_normal_rows_only():
+    generator = np.random.default_rng(0)
+    features = generator.normal(size=(200, 5)).astype(np.float32)
+    labels = (np.arange(200) % 10 == 0).astype(np.int64)  # 20 anomalies
+    features[labels == 1] += 6.0  # far from the normal cloud
+    run = tl.fit(
+        tl.models.build("autoencoder", hidden=[8], bottleneck=2),
+        (features, labels),
+        task="anomaly",
+        optimizer="adam",
+        epochs=2,
+        progress=False,
+        diagnostics_every=0,
+    )
+    assert run.data.train.targets[:, 0].sum() == 0
+    assert run.data.test.targets[:, 0].sum() > 0  # stratified: anomalies in every held-out split
+    assert run.evaluate("test")["auroc"] > 0.9
+    with pytest.raises(DataError, match=r"anomaly targets must be 0 or 1 .*found 5 at 3\."):
+        tl.data.from_arrays(features, np.where(np.arange(200) == 3, 5, labels), task="anomaly")

@@ -300,13 +300,14 @@ class Config(Section):
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
 
-    @model_validator(mode="after")
-    def _known_task_options(self, info: ValidationInfo) -> Config:
+    @field_validator("task_options")
+    @classmethod
+    def _known_task_options(cls, value: dict, info: ValidationInfo) -> dict:
         check = (info.context or {}).get("tasks_options")
-        problems = check(self.task, self.task_options) if check is not None else []
+        problems = check(info.data.get("task"), value) if check is not None else []
         if problems:
             raise ValueError("\n".join(problems))
-        return self
+        return value
 
 
 def mode_for(monitor: str, mode: str) -> str:

@@ -275,7 +275,9 @@ def from_arrays(
         targets = targets.astype(np.float32).reshape(len(targets), -1)
         classes = None
     elif task in ("multilabel", "anomaly"):
-        targets, classes = _binary_targets(targets, task, classes)
+        from torchloom.data.multilabel_anomaly import binary_targets
+
+        targets, classes = binary_targets(targets, task, classes)
     else:
         raise DataError(
             f"task: expected 'classification', 'regression', 'multilabel' or 'anomaly', "
@@ -387,32 +389,6 @@ def split_table(
     if train is None:
         raise DataError(f"data '{table.name}': the training split is empty.")
     return Data(train, make(val_index), make(test_index), preprocess, table.name)
-
-
-def _binary_targets(
-    targets: np.ndarray, task: str, classes: list[str] | None
-) -> tuple[np.ndarray, list[str]]:
-    """0/1 targets for the multilabel ((n, num_labels)) or anomaly ((n,)) task, checked."""
-    expected_dims = 2 if task == "multilabel" else 1
-    if targets.ndim != expected_dims:
-        shape = "(num_samples, num_labels)" if task == "multilabel" else "(num_samples,)"
-        raise DataError(
-            f"{task} targets: expected shape {shape}, got {tuple(targets.shape)}."
-            + (" Give one 0/1 column per label." if task == "multilabel" else "")
-        )
-    bad = ~np.isin(targets, (0, 1))
-    if bad.any():
-        position = tuple(int(i) for i in np.argwhere(bad)[0])
-        meaning = "1 = has the label" if task == "multilabel" else "1 = anomaly, 0 = normal"
-        raise DataError(
-            f"{task} targets must be 0 or 1 ({meaning}); found {targets[position].item()!r} at "
-            f"{position if len(position) > 1 else position[0]}. Map your labels to 0/1."
-        )
-    if task == "multilabel":
-        classes = classes or [str(i) for i in range(targets.shape[1])]
-    else:
-        classes = classes or ["normal", "anomaly"]
-    return targets.astype(np.int64), classes
 
 
 def _to_numpy(values, what: str) -> np.ndarray:

@@ -86,3 +86,41 @@ def digits_anomaly(held_out: int = 0, shape: str = "flat") -> Table:
     table.task, table.classes = "anomaly", ["normal", "anomaly"]
     table.name = "digits_anomaly"
     return table
+
+
+def binary_targets(
+    targets: np.ndarray, task: str, classes: list[str] | None
+) -> tuple[np.ndarray, list[str]]:
+    """0/1 targets for the multilabel ((n, num_labels)) or anomaly ((n,)) task, checked.
+
+    Args:
+        targets: the user's targets as an array.
+        task: "multilabel" or "anomaly".
+        classes: label names, or None for "0", "1", ... (anomaly: "normal", "anomaly").
+
+    Returns:
+        The targets as int64 and the label names.
+
+    Raises:
+        DataError: a wrong shape, or a value other than 0 and 1 (named with its position).
+    """
+    expected_dims = 2 if task == "multilabel" else 1
+    if targets.ndim != expected_dims:
+        shape = "(num_samples, num_labels)" if task == "multilabel" else "(num_samples,)"
+        raise DataError(
+            f"{task} targets: expected shape {shape}, got {tuple(targets.shape)}."
+            + (" Give one 0/1 column per label." if task == "multilabel" else "")
+        )
+    bad = ~np.isin(targets, (0, 1))
+    if bad.any():
+        position = tuple(int(i) for i in np.argwhere(bad)[0])
+        meaning = "1 = has the label" if task == "multilabel" else "1 = anomaly, 0 = normal"
+        raise DataError(
+            f"{task} targets must be 0 or 1 ({meaning}); found {targets[position].item()!r} at "
+            f"{position if len(position) > 1 else position[0]}. Map your labels to 0/1."
+        )
+    if task == "multilabel":
+        classes = classes or [str(i) for i in range(targets.shape[1])]
+    else:
+        classes = classes or ["normal", "anomaly"]
+    return targets.astype(np.int64), classes

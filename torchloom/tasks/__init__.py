@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from torchloom.errors import lookup
+from torchloom.errors import ConfigError, lookup
 from torchloom.tasks.anomaly import Anomaly
 from torchloom.tasks.base import Task
 from torchloom.tasks.classification import Classification
@@ -54,9 +54,15 @@ def option_problems(name: str | None, options: dict) -> list[str]:
         }
     )
     where = f"task '{name}'" if name in TASKS else "any task"
-    return [
+    problems = [
         f"task_options.{key}: {where} has no option '{key}'.{did_you_mean(key, known)} "
         f"Options: {', '.join(known) or 'none'}."
         for key in options
         if key not in known
     ]
+    if not problems and name in TASKS:
+        try:  # the task checks its option values when made; do it now, before any data loads
+            TASKS[name](1, None, **options)
+        except ConfigError as error:
+            problems = error.problems
+    return problems
