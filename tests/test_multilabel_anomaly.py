@@ -70,8 +70,8 @@ def test_digits_held_out_class_auroc_averages_above_080():
         run = tl.fit(
             model,
             data,
-            optimizer={"name": "adam", "lr": 0.002},
-            epochs=15,
+            optimizer={"name": "adam", "lr": 0.003},
+            epochs=10,
             batch_size=64,
             progress=False,
             diagnostics_every=0,
