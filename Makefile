@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain,river]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain,timeseries,river]"
 	touch $(STAMP)
 
 run: install

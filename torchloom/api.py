@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from torchloom.train.callbacks import (
 )
 from torchloom.train.checkpoint import Checkpoint, find_resumable, restore
 from torchloom.train.diagnostics import DiagnosticsRecorder
+from torchloom.train.distributed import World, launch_record
 from torchloom.train.loop import Evaluator, LoopParts, fit_loop
 from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
 from torchloom.train.step import (
@@ -95,6 +97,7 @@ def registries() -> dict:
     return {
         "data": data_module.names(),
         "data_options": data_module.option_problems,
+        "series_data": data_module.series_names(),
         "models": models.names(),
         "models_options": models.option_problems,
         "optimizers": list(optim.OPTIMIZERS),
@@ -280,19 +283,43 @@ def _fit(
     With `resume_dir`, the newest complete checkpoint there is restored and training continues
     in that directory exactly as if it had never stopped.
     """
-    trainer, output = config.trainer, config.output
-    seed_everything(trainer.seed)
+    trainer = config.trainer
+    seed_everything(trainer.seed)  # the same seed on every rank: identical draws everywhere
+    world = World.from_environment()  # a single process unless started by torchrun
     device = resolve_device(trainer.device)
+    if world.active:
+        device = world.device(str(device))
+        world.start(device, trainer.distributed_timeout)
+    try:
+        return _fit_in_world(model, data, config, callbacks, resume_dir, world, device)
+    finally:
+        world.stop()
 
+
+def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, device) -> Run:
+    """`_fit` once the process knows its rank and device (rank 0 of 1 without torchrun)."""
+    trainer, output = config.trainer, config.output
     # --- check and build everything before anything is written -------------------------------
-    task, data_on_device, model, loss_fn, optimizer, loader = prepare(model, data, config, device)
+    task, data_on_device, model, loss_fn, optimizer, loader = prepare(
+        model, data, config, device, world
+    )
     steps_per_epoch = -(-len(loader) // trainer.accumulate)
     monitor = _check_monitors(config, task, data)
+    forward = world.wrap(model, device, trainer.sync_batchnorm) if world.active else model
+    reduce = world.all_reduce if world.active else None
     parts = LoopParts(
         loss_fn=loss_fn,
-        evaluate=Evaluator(task, loss_fn, trainer.batch_size, device),
+        evaluate=Evaluator(
+            task,
+            loss_fn,
+            trainer.batch_size,
+            device,
+            rank=world.rank,
+            world_size=world.size,
+            all_reduce=reduce,
+        ),
         val_split=data_on_device.val,
-        forward=torch.compile(model) if trainer.compile else model,
+        forward=torch.compile(forward) if trainer.compile else forward,
         autocast=autocast_factory(trainer.precision, device),
         scaler=grad_scaler(trainer.precision, device),
         clip=GradientClipper(trainer.clip_norm, trainer.clip_value),
@@ -308,7 +335,14 @@ def _fit(
         val_every=trainer.val_every,
         val_every_steps=trainer.val_every_steps,
         skip_nonfinite=trainer.nonfinite == "skip",
+        all_reduce=world.all_reduce,  # returns its input in a single process
     )
+    if world.active:
+        _announce(world, trainer.batch_size, device)
+        if resume_dir is None and world.restart and output.dir:
+            # torchrun restarted the job after a failure: continue the launch's run directory.
+            found = _launch_dir(Path(output.dir), world.launch_id) if world.is_main else None
+            resume_dir = world.share_path(found)
     checkpoint = None
     if resume_dir is not None:
         folder, checkpoint = find_resumable(resume_dir / "checkpoints")
@@ -318,8 +352,10 @@ def _fit(
     shape = {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
     preprocess.extra.update(shape)
     run_dir = resume_dir
-    if run_dir is None and output.dir:
+    if run_dir is None and output.dir and world.is_main:
         run_dir = _make_run_dir(output.dir, output.name, model, data)
+        if world.active:
+            atomic_write_json(run_dir / "launch.json", launch_record(world))
         resolved = {
             "format": RUN_FORMAT,
             "task": task.name,
@@ -336,6 +372,8 @@ def _fit(
         atomic_write_json(run_dir / "preprocess.json", preprocess.to_json())
 
     # --- callbacks and the loop ---------------------------------------------------------------
+    if not world.is_main:
+        run_dir = None  # rank 0 writes; the other ranks read checkpoints from resume_dir
     state = TrainState(
         model=model,
         optimizer=optimizer,
@@ -349,7 +387,8 @@ def _fit(
         accumulate=trainer.accumulate,
         skip_nonfinite=parts.skip_nonfinite,
     )
-    state.callbacks = _built_in_callbacks(config, run_dir, monitor) + list(callbacks)
+    state.callbacks = _built_in_callbacks(config, run_dir, monitor, world.is_main)
+    state.callbacks += list(callbacks)
     if checkpoint is not None:
         restore(state, checkpoint)  # RNG states last: nothing below draws random numbers
     started = time.perf_counter()
@@ -359,10 +398,14 @@ def _fit(
         with catch_interrupts(state):
             fit_loop(state, parts, Dispatcher(state.callbacks))
     except NonFiniteError as error:
+        world.stop()
         error.run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
         raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+    # Training is over: leave the process group, so evaluating the test split and writing the
+    # report happen on rank 0 alone, as in a single process.
+    world.stop()
     if not state.stop_now:  # thresholds and the like, from the trained model
         task.calibrate(model, data_on_device, trainer.batch_size)
     run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
@@ -410,9 +453,13 @@ def _diagnostics(callbacks: list[Callback], run: Run, facts: bool) -> dict | Non
     return result
 
 
-def prepare(model: nn.Module, data: Data, config: Config, device: torch.device) -> tuple:
+def prepare(
+    model: nn.Module, data: Data, config: Config, device: torch.device, world: World | None = None
+) -> tuple:
     """Check the data against the task, size and initialize the model, build the loss, the
-    optimizer and the loader. Returns (task, data on device, model, loss, optimizer, loader)."""
+    optimizer and the loader (this rank's share of each batch under torchrun). Returns (task,
+    data on device, model, loss, optimizer, loader)."""
+    world = world or World()
     trainer = config.trainer
     task = _task_for(config, data)
     data_on_device = data.to(device)
@@ -432,6 +479,8 @@ def prepare(model: nn.Module, data: Data, config: Config, device: torch.device) 
         seed=trainer.seed,
         drop_last=trainer.drop_last,
         augment=_augment_for(config, data),
+        rank=world.rank,
+        world_size=world.size,
     )
     if len(loader) == 0:
         raise DataError(
@@ -461,7 +510,11 @@ def _task_for(config: Config, data: Data):
             "data. Remove task or change the data."
         )
     task = make_task(
-        task_name, num_outputs=data.num_outputs, classes=data.classes, **config.task_options
+        task_name,
+        num_outputs=data.num_outputs,
+        classes=data.classes,
+        preprocess=data.preprocess,
+        **config.task_options,
     )
     for split_name in ("train", "val", "test"):
         split = getattr(data, split_name)
@@ -496,7 +549,11 @@ def _check_monitors(config: Config, task, data: Data) -> str:
     return monitor
 
 
-def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> list[Callback]:
+def _built_in_callbacks(
+    config: Config, run_dir: Path | None, monitor: str, main: bool = True
+) -> list[Callback]:
+    """The callbacks the config asks for; ranks other than 0 (`main` False) keep only those that
+    steer training (history, early stopping, interrupts), which decide alike on every rank."""
     trainer, output = config.trainer, config.output
     built_in: list[Callback] = [History()]
     if trainer.early_stopping is not None:
@@ -518,9 +575,9 @@ def _built_in_callbacks(config: Config, run_dir: Path | None, monitor: str) -> l
             )
             checkpoint.before_save.append(jsonl.sync)
             built_in.append(checkpoint)
-    if trainer.diagnostics_every:
+    if trainer.diagnostics_every and main:
         built_in.append(DiagnosticsRecorder(trainer.diagnostics_every, not trainer.compile))
-    if trainer.progress:
+    if trainer.progress and main:
         built_in.append(ProgressBar())
     built_in.append(InterruptHandler(checkpoint))  # last: sees every other callback's work
     return built_in
@@ -554,6 +611,35 @@ def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
         atomic_write_json(run_dir / "diagnostics.json", run.diagnostics)
     if state.history:
         write_report(run, summary)
+
+
+def _announce(world: World, batch_size: int, device: torch.device) -> None:
+    """One line on rank 0: the processes, the backend, per-rank and global batch sizes."""
+    if world.is_main:
+        import torch.distributed as dist
+
+        print(
+            f"torchrun: {world.size} processes ({dist.get_backend()}, {device.type}), batch "
+            f"{batch_size} per process, {batch_size * world.size} global",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _launch_dir(root: Path, launch_id: str) -> Path | None:
+    """The newest run directory under `root` that this torchrun launch wrote (by launch id)
+    and that holds a complete checkpoint; None when the failure came before the first one."""
+    candidates = []
+    for record in root.glob("*/launch.json"):
+        try:
+            if json.loads(record.read_text()).get("launch_id") == launch_id and launch_id:
+                candidates.append(record.parent)
+        except (OSError, json.JSONDecodeError):
+            continue
+    for run_dir in sorted(candidates, key=lambda path: path.stat().st_mtime, reverse=True):
+        if any((run_dir / "checkpoints").glob("step-*/manifest.json")):
+            return run_dir
+    return None
 
 
 def _make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> Path:
@@ -635,6 +721,7 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         config.task or preprocess.task,
         num_outputs=preprocess.extra["num_outputs"],
         classes=preprocess.classes,
+        preprocess=preprocess,
         **config.task_options,
     )
     if (run_dir / "task.json").is_file():

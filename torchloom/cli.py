@@ -7,6 +7,7 @@ mistake prints one message to stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_USER_ERROR = 2
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("input", metavar="INPUT")
     predict.add_argument("-o", "--output", help="write a CSV here (default: print to stdout)")
+    predict.add_argument(
+        "--steps",
+        type=int,
+        help="forecasting runs: how many next values to forecast from the history in INPUT "
+        "(a .csv, or a text file of numbers); default the run's horizon",
+    )
 
     finder = commands.add_parser(
         "lr-find",
@@ -112,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     from torchloom.errors import TorchloomError
 
     handler = getattr(commands, args.command.replace("-", "_"))
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        # Under torchrun: an uncaught error goes where the launcher's failure summary shows it.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        handler = record(handler)
     try:
         return handler(args) or 0
     except TorchloomError as error:

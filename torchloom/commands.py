@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def train(args: argparse.Namespace) -> int:
         run = api.resume(args.resume)
     else:
         run = api.fit_config(path, overrides)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     if run.data is not None and run.data.test is not None:
         print_metrics(run.evaluate("test"), "test", run.task.name)
     if run.dir is not None:
@@ -54,6 +57,12 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     run = api.load_run(args.run_dir, data=False)
+    if run.task.name == "forecast":
+        return forecast(run, Path(args.input), args.steps, args.output)
+    if args.steps is not None:
+        raise TorchloomError(
+            f"--steps: {args.run_dir} is a {run.task.name} run; --steps is for forecasting runs."
+        )
     features = read_inputs(Path(args.input), run.preprocess.feature_names)
     predictions = run.predict(features)
     frame = predictions_frame(predictions, run.preprocess.classes)
@@ -62,6 +71,27 @@ def predict(args: argparse.Namespace) -> int:
 
         atomic_write_text(args.output, frame.to_csv(index=False))
         console.print(f"{len(frame)} predictions written to {args.output}")
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def forecast(run, path: Path, steps: int | None, output: str | None) -> int:
+    """Print (or write) the next `steps` values after the history in `path`."""
+    from torchloom.tasks.forecast import read_history
+
+    column = run.preprocess.feature_names[0]
+    history = read_history(path, column)
+    steps = run.task.horizon if steps is None else steps
+    values = run.task.roll_forward(run.model, history, steps)
+    import pandas as pd
+
+    frame = pd.DataFrame({"step": range(1, len(values) + 1), "prediction": values})
+    if output:
+        from torchloom.io import atomic_write_text
+
+        atomic_write_text(output, frame.to_csv(index=False))
+        console.print(f"{len(frame)} forecast values written to {output}")
     else:
         frame.to_csv(sys.stdout, index=False)
     return 0
@@ -152,7 +182,11 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def print_metrics(metrics: dict[str, float], split: str, task: str) -> None:
-    """A table of headline metrics, and for classification a per-class precision/recall table."""
+    """A table of headline metrics, and for classification a per-class precision/recall table
+    (for forecasts: the model beside its naive baselines)."""
+    if task == "forecast":
+        print_forecast_metrics(metrics, split)
+        return
     headline = Table(title=f"{split} metrics")
     headline.add_column("metric")
     headline.add_column("value", justify="right")
@@ -170,6 +204,22 @@ def print_metrics(metrics: dict[str, float], split: str, task: str) -> None:
                 name, f"{metrics[f'precision/{name}']:.4f}", f"{metrics[f'recall/{name}']:.4f}"
             )
         console.print(per_class)
+
+
+def print_forecast_metrics(metrics: dict[str, float], split: str) -> None:
+    """MAE, RMSE and MAPE of the model, the naive and the seasonal-naive forecast, side by side."""
+    columns = [("model", ""), ("naive", "naive_")]
+    if "seasonal_naive_mae" in metrics:
+        columns.append(("seasonal naive", "seasonal_naive_"))
+    table = Table(title=f"{split} forecast metrics (in the series' units)")
+    table.add_column("metric")
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    for measure in ("mae", "rmse", "mape"):
+        table.add_row(measure, *(f"{metrics[prefix + measure]:.4f}" for _, prefix in columns))
+    console.print(table)
+    if "loss" in metrics:
+        console.print(f"loss (scaled units): {metrics['loss']:.4f}")
 
 
 def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:

@@ -29,7 +29,7 @@ from pydantic import (
 
 from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
 
-Task = Literal["classification", "regression", "multilabel", "anomaly"]
+Task = Literal["classification", "regression", "forecast", "multilabel", "anomaly"]
 Mode = Literal["auto", "min", "max"]
 
 
@@ -73,8 +73,9 @@ class DataConfig(Section):
     name: str = "digits"
     path: str | None = None
     target: str | None = None
-    val: float = Field(0.1, ge=0, lt=1)
-    test: float = Field(0.2, ge=0, lt=1)
+    # Fractions in [0, 1); time series sources also take whole counts of time steps (>= 1).
+    val: float = Field(0.1, ge=0)
+    test: float = Field(0.2, ge=0)
     standardize: bool | Literal["per_feature", "per_channel"] = True
     seed: int | None = None  # None: use trainer.seed
     augment: AugmentConfig | None = None
@@ -102,7 +103,22 @@ class DataConfig(Section):
             problems += check(self.name, options)
         if problems:
             raise ValueError("\n".join(problems))
-        if self.val + self.test >= 1:
+        held_out = (("val", self.val), ("test", self.test))
+        counts = [(key, value) for key, value in held_out if value >= 1]
+        series = (info.context or {}).get("series_data")  # None: no registries to check against
+        for key, value in counts:
+            if not float(value).is_integer():
+                raise ValueError(
+                    f"data.{key}: {value:g} is neither a fraction below 1 nor a whole count of "
+                    "time steps"
+                )
+        if counts and series is not None and self.name not in series:
+            key, value = counts[0]
+            raise ValueError(
+                f"data.{key}: expected a fraction in [0, 1), got {value:g}; counts of time steps "
+                f"are for the time series sources ({', '.join(sorted(series))})"
+            )
+        if not counts and self.val + self.test >= 1:
             raise ValueError(f"val + test = {self.val + self.test:g} leaves no training data")
         return self
 
@@ -255,6 +271,10 @@ class TrainerConfig(Section):
     compile: bool = False
     deterministic: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"
+    sync_batchnorm: bool = Field(False, description="under torchrun: batch norm over all ranks")
+    distributed_timeout: float = Field(
+        120.0, gt=0, description="under torchrun: seconds a collective waits for a peer"
+    )
     diagnostics_every: int | None = Field(
         50, ge=0, description="optimizer steps between doctor samples; 0 or None: off"
     )

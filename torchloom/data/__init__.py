@@ -15,7 +15,9 @@ import torch
 from torchloom.data.augment import Augment
 from torchloom.data.loader import BatchLoader
 from torchloom.data.preprocess import Preprocess
+from torchloom.data.series import Series
 from torchloom.data.sources import SOURCES, Table
+from torchloom.data.windows import split_series
 from torchloom.errors import DataError, lookup
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "load",
     "names",
     "option_problems",
+    "series_names",
 ]
 
 
@@ -123,6 +126,13 @@ def names() -> list[str]:
     return sorted(SOURCES)
 
 
+def series_names() -> list[str]:
+    """The time series sources (they take counts of time steps for val and test)."""
+    from torchloom.data.series import SERIES_SOURCES
+
+    return sorted(SERIES_SOURCES)
+
+
 def option_problems(name: str, options: dict, where: str = "data") -> list[str]:
     """Options that source `name` does not take, one line each with the closest known option."""
     import inspect
@@ -154,8 +164,10 @@ def load(
     Args:
         name: a source from `names()`: "digits", "iris", "wine", "breast_cancer", "diabetes",
             "csv" (with `path=` and `target=`), or the image sources "fashion_mnist", "idx",
-            "mnist_5k", "cifar10", "image_folder".
-        val, test: fractions of all samples held out for validation and test. Sources with an
+            "mnist_5k", "cifar10", "image_folder", and the time series "sunspots", "nile",
+            "co2", "elnino", "series_csv" (see `torchloom.data.windows`).
+        val, test: fractions of all samples held out for validation and test (time series hold
+            out their last steps: a fraction below 1, or a whole count). Sources with an
             official test set (fashion_mnist, idx, cifar10) use it whenever `test` > 0, and
             `val` is a fraction of their official training set.
         seed: seeds the split.
@@ -191,7 +203,10 @@ def load(
             f"data source '{name}' has no option '{bad}'.{did_you_mean(bad, known)} "
             f"Options: {', '.join(known) or 'none'}."
         ) from None
-    data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
+    if isinstance(table, Series):  # time series: a chronological split into windows
+        data = split_series(table, val=val, test=test, standardize=standardize)
+    else:
+        data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
     source_options = {k: v for k, v in options.items() if k != "task"}
     data.spec = {
         "name": name,
@@ -311,7 +326,10 @@ def split_table(
 
     for label, fraction in (("val", val), ("test", test)):
         if not 0 <= fraction < 1:
-            raise DataError(f"data.{label}: expected a fraction in [0, 1), got {fraction}.")
+            raise DataError(
+                f"data.{label}: expected a fraction in [0, 1), got {fraction:g} (counts of "
+                "time steps are for time series sources only)."
+            )
     if val + test >= 1:
         raise DataError(
             f"data.val + data.test = {val + test:g} leaves nothing to train on. "

@@ -26,6 +26,13 @@ class BatchLoader:
         drop_last: skip the last incomplete batch.
         augment: an `Augment` applied to each yielded batch of images (training only: the
             evaluation reads splits directly); its draws depend on (seed, epoch, batch index).
+        rank, world_size: this process's share under DDP. Every rank draws the same permutation
+            (same seed); global batch i is `perm[i * batch_size * world_size :][: batch_size *
+            world_size]` and rank r yields the r-th contiguous part of it, so across ranks each
+            sample is seen once per epoch, in the order a single process with batch
+            `batch_size * world_size` would see it. A smaller last global batch is split as evenly
+            as possible (part sizes differ by at most one); one with fewer samples than ranks is
+            dropped.
 
     The loader's position is exposable for resume: `state_dict()` holds the generator state at the
     start of the current epoch and how many batches of it were already yielded.
@@ -41,8 +48,11 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         augment: Augment | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         assert len(features) == len(targets)
+        assert 0 <= rank < world_size
         self.features = features
         self.targets = targets
         self.batch_size = batch_size
@@ -53,10 +63,33 @@ class BatchLoader:
         self.position = 0  # batches already yielded in the current epoch
         self.augment = augment if augment is not None and augment.active else None
         self.epoch = 0  # whole epochs yielded so far, for the augmentation's draws
+        self.rank = rank
+        self.world_size = world_size
+        # (start, end) of this rank's batches in the permuted order, and the global batch sizes
+        self.bounds, self.global_sizes = self._plan()
+
+    def _plan(self) -> tuple[list[tuple[int, int]], list[int]]:
+        n, ranks = len(self.features), self.world_size
+        global_batch = self.batch_size * ranks
+        bounds, global_sizes = [], []
+        for start in range(0, n, global_batch):
+            size = min(global_batch, n - start)
+            if size < global_batch and (self.drop_last or size < ranks):
+                break
+            # Split the global batch into `ranks` parts whose sizes differ by at most one.
+            base, extra = divmod(size, ranks)
+            low = start + self.rank * base + min(self.rank, extra)
+            bounds.append((low, low + base + (self.rank < extra)))
+            global_sizes.append(size)
+        return bounds, global_sizes
 
     def __len__(self) -> int:
-        n = len(self.features)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.bounds)
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """This rank's batch sizes over one epoch."""
+        return [end - start for start, end in self.bounds]
 
     @property
     def num_samples(self) -> int:
@@ -72,13 +105,13 @@ class BatchLoader:
             order = torch.randperm(len(features), generator=self.generator)
             order = order.to(features.device)
             features, targets = features[order], targets[order]
-        size = self.batch_size
         for batch_index in range(self.position, len(self)):
             self.position = batch_index + 1
-            inputs = features[batch_index * size : (batch_index + 1) * size]
+            start, end = self.bounds[batch_index]
+            inputs = features[start:end]
             if self.augment is not None:
                 inputs = self.augment(inputs, self.epoch, batch_index)
-            yield inputs, targets[batch_index * size : (batch_index + 1) * size]
+            yield inputs, targets[start:end]
         self.position = 0
         self.epoch += 1
 

@@ -179,6 +179,7 @@ from torchloom.data.images import (  # noqa: E402
     mnist_5k,
 )
 from torchloom.data.multilabel_anomaly import digits_anomaly, shuttle, yeast  # noqa: E402
+from torchloom.data.series import SERIES_SOURCES  # noqa: E402
 
 SOURCES: dict[str, Callable[..., Table]] = {
     "digits": digits,
@@ -195,4 +196,5 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "yeast": yeast,
     "shuttle": shuttle,
     "digits_anomaly": digits_anomaly,
+    **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
 }

@@ -21,6 +21,7 @@ from torchloom.models.autoencoder import autoencoder, autoencoder_problems, conv
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
+from torchloom.models.recurrent import gru, lstm, recurrent_problems, rnn
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -28,6 +29,9 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "convnet": convnet,
     "resnet": resnet,
+    "rnn": rnn,
+    "lstm": lstm,
+    "gru": gru,
     "autoencoder": autoencoder,
     "conv_autoencoder": conv_autoencoder,
 }
@@ -38,6 +42,9 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "convnet": convnet_problems,
     "resnet": resnet_problems,
     "lenet": lambda options: convnet_problems({"activation": options.get("activation", "relu")}),
+    "rnn": recurrent_problems,
+    "lstm": recurrent_problems,
+    "gru": recurrent_problems,
     "autoencoder": autoencoder_problems,
     "conv_autoencoder": autoencoder_problems,
 }
@@ -124,6 +131,11 @@ def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None
             f"(batch, {num_outputs}). End the network with flatten (or global_avg_pool) and a "
             "linear layer."
         )
+    if num_outputs is not None and output.dim() == 3:
+        raise TorchloomError(
+            f"model gives one output per time step {(-1, *output.shape[1:])} but the data needs "
+            f"(batch, {num_outputs}). Use a sequence-to-one model (output: last)."
+        )
     width = output.shape[-1] if output.dim() > 1 else 1
     if num_outputs is not None and width != num_outputs:
         raise TorchloomError(
@@ -151,6 +163,8 @@ def summary(model: nn.Module, example: torch.Tensor) -> list[dict]:
             continue
 
         def record(module, inputs, output, name=name):
+            if isinstance(output, tuple) and output:  # recurrent layers: (sequence, state)
+                output = output[0]
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             rows.append(
                 {

@@ -9,12 +9,14 @@ from torchloom.errors import ConfigError, lookup
 from torchloom.tasks.anomaly import Anomaly
 from torchloom.tasks.base import Task
 from torchloom.tasks.classification import Classification
+from torchloom.tasks.forecast import Forecast
 from torchloom.tasks.multilabel import Multilabel
 from torchloom.tasks.regression import Regression
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "regression": Regression,
+    "forecast": Forecast,
     "multilabel": Multilabel,
     "anomaly": Anomaly,
 }
@@ -29,6 +31,7 @@ __all__ = [
     "TASKS",
     "Anomaly",
     "Classification",
+    "Forecast",
     "Multilabel",
     "Regression",
     "Task",
@@ -50,7 +53,7 @@ def option_problems(name: str | None, options: dict) -> list[str]:
             option
             for task in tasks
             for option in inspect.signature(task.__init__).parameters
-            if option not in ("self", "num_outputs", "classes")
+            if option not in ("self", "num_outputs", "classes", "preprocess")
         }
     )
     where = f"task '{name}'" if name in TASKS else "any task"

@@ -58,11 +58,12 @@ class Anomaly(Task):
         self,
         num_outputs: int,
         classes: list[str] | None = None,
+        preprocess=None,
         threshold_rule: str = "quantile",
         quantile: float = 0.99,
         contamination: float = 0.05,
     ):
-        super().__init__(num_outputs, classes)
+        super().__init__(num_outputs, classes, preprocess)
         problems = []
         if threshold_rule not in RULES:
             problems.append(

@@ -10,6 +10,8 @@ from torch import nn
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
+    from torchloom.data.preprocess import Preprocess
+
 
 class Task:
     """What a batch means for one kind of problem.
@@ -22,9 +24,15 @@ class Task:
     name: str = ""
     default_loss: str = ""
 
-    def __init__(self, num_outputs: int, classes: list[str] | None = None):
+    def __init__(
+        self,
+        num_outputs: int,
+        classes: list[str] | None = None,
+        preprocess: Preprocess | None = None,
+    ):
         self.num_outputs = num_outputs
         self.classes = classes
+        self.preprocess = preprocess  # what training fitted (a forecast's scaler, window, ...)
 
     def metrics(self) -> MetricCollection:
         """A fresh collection of torchmetrics metrics for evaluating this task."""
@@ -33,6 +41,17 @@ class Task:
     def metric_names(self) -> list[str]:
         """The keys `evaluate` returns (besides "loss")."""
         raise NotImplementedError
+
+    def update_metrics(
+        self,
+        metrics: MetricCollection,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        inputs: torch.Tensor,
+    ) -> None:
+        """Add one batch to `metrics`; a task whose metrics need the inputs (a forecast's
+        baselines read the last observed values) overrides this."""
+        metrics.update(outputs, targets)
 
     def flatten(self, computed: dict[str, torch.Tensor]) -> dict[str, float]:
         """Turn `MetricCollection.compute()` output into a flat dict of floats."""

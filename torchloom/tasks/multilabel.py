@@ -39,10 +39,11 @@ class Multilabel(Task):
         self,
         num_outputs: int,
         classes: list[str] | None = None,
+        preprocess=None,
         threshold: float = 0.5,
         tune_thresholds: bool = False,
     ):
-        super().__init__(num_outputs, classes)
+        super().__init__(num_outputs, classes, preprocess)
         if isinstance(threshold, bool) or not isinstance(threshold, int | float):
             raise ConfigError([f"task_options.threshold: expected a number, got {threshold!r}"])
         if not 0 < threshold < 1:

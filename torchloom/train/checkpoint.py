@@ -117,7 +117,11 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
             },
             "scheduler": encode(state.schedule.state_dict()),
             "scaler": encode(state.scaler.state_dict()),
-            "loader": {"position": loader_state["position"], "epoch": loader_state["epoch"]},
+            "loader": {
+                "position": loader_state["position"],
+                "epoch": loader_state["epoch"],
+                "world_size": state.loader.world_size,  # processes under torchrun, else 1
+            },
             "rng": {
                 "python": encode(random.getstate()),
                 "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
@@ -186,6 +190,16 @@ def load_checkpoint(folder: str | Path) -> dict:
 def restore(state: TrainState, checkpoint: dict) -> None:
     """Put a loaded checkpoint back into a freshly prepared `TrainState`, RNG states last."""
     info, extra = checkpoint["state"], checkpoint["extra"]
+    saved_world = info["loader"].pop("world_size", 1)
+    if saved_world != state.loader.world_size:
+        # The global batch and each rank's samples depend on the number of processes, so the
+        # run could not continue exactly; refuse rather than continue differently.
+        raise TorchloomError(
+            f"this checkpoint was saved by {saved_world} process(es), and this run has "
+            f"{state.loader.world_size}. Resume with the same number: torchrun "
+            f"--nproc-per-node {saved_world} ... (1: without torchrun). Its weights load in any "
+            "process count with load_run for evaluation and prediction."
+        )
     state.model.load_state_dict(checkpoint["model"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.schedule.load_state_dict(decode(info["scheduler"]))

@@ -25,13 +25,29 @@ class Evaluator:
 
     The metric objects are made once and reset per call; values cross to the host once, at the
     end of the split.
+
+    Under DDP (`rank`, `world_size`, `all_reduce`), each rank evaluates its contiguous part of
+    the split; torchmetrics gathers the metric states across ranks when it computes, and the loss
+    sum is all-reduced, so every rank gets the metrics of the whole split.
     """
 
-    def __init__(self, task: Task, loss_fn: nn.Module, batch_size: int, device: torch.device):
+    def __init__(
+        self,
+        task: Task,
+        loss_fn: nn.Module,
+        batch_size: int,
+        device: torch.device,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.task = task
         self.loss_fn = loss_fn
         self.batch_size = batch_size
         self.device = device
+        self.rank, self.world_size = rank, world_size
+        self.all_reduce = all_reduce
         self.metrics: MetricCollection | None = None  # made on first use: ~10 ms to build
 
     def __call__(self, model: nn.Module, split: Split) -> dict[str, float]:
@@ -40,16 +56,22 @@ class Evaluator:
         was_training = model.training
         model.eval()
         self.metrics.reset()
+        # This rank's contiguous part of the split: all of it in a single process.
+        base, extra = divmod(len(split), self.world_size)
+        low = self.rank * base + min(self.rank, extra)
+        high = low + base + (self.rank < extra)
         total_loss = torch.zeros((), device=split.features.device)
         with torch.no_grad():
-            for start in range(0, len(split), self.batch_size):
-                inputs = split.features[start : start + self.batch_size]
-                targets = split.targets[start : start + self.batch_size]
+            for start in range(low, high, self.batch_size):
+                end = min(start + self.batch_size, high)
+                inputs, targets = split.features[start:end], split.targets[start:end]
                 outputs = model(inputs)
                 # The loss is a batch mean; weight it by the batch's size for the split's mean.
                 total_loss += self.loss_fn(outputs, targets).float() * len(targets)
-                self.metrics.update(outputs.float(), targets)
+                self.task.update_metrics(self.metrics, outputs.float(), targets, inputs)
         model.train(was_training)
+        if self.all_reduce is not None:
+            total_loss = self.all_reduce(total_loss)
         results = {"loss": float(total_loss) / len(split)}
         results.update(self.task.flatten(self.metrics.compute()))
         return results
@@ -74,6 +96,7 @@ class LoopParts:
     val_every: int = 1
     val_every_steps: int | None = None
     skip_nonfinite: bool = False  # skip steps with NaN/inf loss or gradients (a sync per step)
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda totals: totals  # sums over ranks
 
 
 def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainState:
@@ -85,9 +108,18 @@ def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainSt
     state (loader mid-epoch, partial epoch losses) continues exactly where it stopped.
     """
     loader = state.loader
-    full, rest = divmod(loader.num_samples, loader.batch_size)
-    sizes = [loader.batch_size] * full + ([rest] if rest and not loader.drop_last else [])
-    weights = accumulation_weights(sizes, parts.accumulate)
+    sizes = loader.batch_sizes
+    # Under DDP the gradients are averaged over ranks; a rank's batch weighs its share of the
+    # global batch (1.0 for full batches), so a split last batch still gives the global mean.
+    weights = [
+        weight * size * loader.world_size / global_size
+        for weight, size, global_size in zip(
+            accumulation_weights(loader.global_sizes, parts.accumulate),
+            sizes,
+            loader.global_sizes,
+            strict=True,
+        )
+    ]
     counts = torch.tensor(sizes, dtype=torch.float32, device=loader.features.device)
     notify("on_fit_start", state)
     try:
@@ -155,9 +187,11 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
         if parts.skip_nonfinite:
             weights_kept = torch.where(torch.isfinite(losses), counts, 0.0)
             losses = torch.nan_to_num(losses, nan=0.0, posinf=0.0, neginf=0.0)
-            train_loss = float((losses * weights_kept).sum() / weights_kept.sum())
+            totals = torch.stack([(losses * weights_kept).sum(), weights_kept.sum()])
         else:
-            train_loss = float((losses * counts).sum() / total_samples)
+            totals = torch.stack([(losses * counts).sum(), counts.new_tensor(total_samples)])
+        totals = parts.all_reduce(totals)  # (loss sum, samples) over every rank under DDP
+        train_loss = float(totals[0] / totals[1])
         if not math.isfinite(train_loss):
             state.check_finite("ending the epoch")
         state.logs = {"epoch": epoch + 1, "train/loss": train_loss, "lr": state.lr}
