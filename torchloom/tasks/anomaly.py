@@ -198,7 +198,10 @@ def _score_metrics_class():
 
         def compute(self) -> dict[str, torch.Tensor]:
             anomalies, rows = int(self._anomalies), int(self._rows)
-            if 0 < anomalies < rows:
+            # Under torchrun every rank must reach torchmetrics' synchronizing compute, whatever
+            # its own shard holds (these counts are per rank).
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            if distributed or 0 < anomalies < rows:
                 return super().compute()
             # One kind of row only (the training split holds normal rows): ranking metrics are
             # undefined, so leave them out rather than report torchmetrics' warning and a 0.
