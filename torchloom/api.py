@@ -24,6 +24,7 @@ from torchloom.errors import DataError, TorchloomError, did_you_mean
 from torchloom.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from torchloom.run import Run
 from torchloom.tasks import TASKS, make_task
+from torchloom.tasks import option_problems as task_option_problems
 from torchloom.train.callbacks import (
     Callback,
     Dispatcher,
@@ -54,6 +55,7 @@ RUN_FORMAT = 1
 # fit(...) keyword -> where it lives in the config.
 FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "task": ("task",),
+    "task_options": ("task_options",),
     "val": ("data", "val"),  # held-out fractions for plain (x, y) data
     "test": ("data", "test"),
     "augment": ("data", "augment"),
@@ -116,6 +118,7 @@ def registries() -> dict:
         "init": list(init_module.SCHEMES),
         "schedulers": list(SCHEDULERS),
         "schedulers_options": scheduler_problems,
+        "tasks_options": task_option_problems,
     }
 
 
@@ -414,6 +417,8 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
     # Training is over: leave the process group, so evaluating the test split and writing the
     # report happen on rank 0 alone, as in a single process.
     world.stop()
+    if not state.stop_now:  # thresholds and the like, from the trained model
+        task.calibrate(model, data_on_device, trainer.batch_size)
     run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
     if state.stop_now:
         where = f"; resume with: torchloom train --resume {run_dir}" if run_dir else ""
@@ -485,7 +490,7 @@ def prepare(
             model, loaded.loaded if loaded else [], transfer.backbone_lr
         )
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
-    loss_fn = loss_fn.to(device)
+    loss_fn = task.wrap_loss(loss_fn).to(device)
     optimizer = optim.make_optimizer(parameters, config.optimizer.name, **config.optimizer.options)
     loader = BatchLoader(
         data_on_device.train.features,
@@ -526,12 +531,17 @@ def _task_for(config: Config, data: Data):
             "data. Remove task or change the data."
         )
     task = make_task(
-        task_name, num_outputs=data.num_outputs, classes=data.classes, preprocess=data.preprocess
+        task_name,
+        num_outputs=data.num_outputs,
+        classes=data.classes,
+        preprocess=data.preprocess,
+        **config.task_options,
     )
     for split_name in ("train", "val", "test"):
         split = getattr(data, split_name)
         if split is not None:
             task.check_targets(split.targets, f"{data.name} {split_name} targets")
+    task.check_data(data)
     return task
 
 
@@ -621,6 +631,8 @@ def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
     }
     if status == "completed" and run.data.test is not None:
         summary["test"] = run.evaluate("test")
+    if run.task.state():  # what the task chose after training (thresholds), for load_run
+        atomic_write_json(run_dir / "task.json", run.task.state())
     atomic_write_json(run_dir / "summary.json", summary)
     if run.diagnostics is not None:
         atomic_write_json(run_dir / "diagnostics.json", run.diagnostics)
@@ -737,7 +749,16 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         num_outputs=preprocess.extra["num_outputs"],
         classes=preprocess.classes,
         preprocess=preprocess,
+        **config.task_options,
     )
+    if (run_dir / "task.json").is_file():
+        try:
+            task.load_state(json.loads((run_dir / "task.json").read_text()))
+        except json.JSONDecodeError as error:
+            raise TorchloomError(
+                f"{run_dir / 'task.json'}: not valid JSON ({error}). It holds the run's "
+                "thresholds: train the run again."
+            ) from None
     # Text runs take token ids (0 is <pad>); others take floats.
     dtype = torch.float32 if preprocess.tokenizer is None else torch.int64
     example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)
@@ -745,6 +766,7 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_fn = task.wrap_loss(loss_fn)
     loaded_data = load_data(config) if data and has_source else None
     run = Run(
         model=model,

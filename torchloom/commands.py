@@ -310,6 +310,16 @@ def predictions_frame(predictions: dict[str, np.ndarray], classes: list[str] | N
     """
     import pandas as pd
 
+    if "labels" in predictions:  # multilabel: 0/1 and a probability per label
+        names = classes or [str(i) for i in range(predictions["labels"].shape[1])]
+        columns = {f"label/{name}": predictions["labels"][:, i] for i, name in enumerate(names)}
+        for index, name in enumerate(names):
+            columns[f"probability/{name}"] = predictions["probabilities"][:, index].astype(float)
+        return pd.DataFrame(columns)
+    if "score" in predictions:  # anomaly: the reconstruction error and the flag
+        return pd.DataFrame(
+            {"score": predictions["score"].astype(float), "anomaly": predictions["anomaly"]}
+        )
     if "class" in predictions:
         names = classes or [str(i) for i in range(predictions["probabilities"].shape[1])]
         frame = pd.DataFrame({"prediction": [names[i] for i in predictions["class"]]})

@@ -29,7 +29,7 @@ from pydantic import (
 
 from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
 
-Task = Literal["classification", "regression", "forecast"]
+Task = Literal["classification", "regression", "forecast", "multilabel", "anomaly"]
 Mode = Literal["auto", "min", "max"]
 
 
@@ -376,6 +376,9 @@ class Config(Section):
     """A whole run. Every field has a default: an empty config trains the MLP on digits."""
 
     task: Task | None = None
+    # The task's own options, e.g. {tune_thresholds: true} (multilabel) or
+    # {threshold_rule: best_f1} (anomaly); checked against the task's signature.
+    task_options: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     init: InitConfig = InitConfig()
@@ -392,6 +395,15 @@ class Config(Section):
     @classmethod
     def _valid_space(cls, value: dict | None) -> dict | None:
         problems = search_problems(value or {})
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+    @field_validator("task_options")
+    @classmethod
+    def _known_task_options(cls, value: dict, info: ValidationInfo) -> dict:
+        check = (info.context or {}).get("tasks_options")
+        problems = check(info.data.get("task"), value) if check is not None else []
         if problems:
             raise ValueError("\n".join(problems))
         return value

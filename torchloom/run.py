@@ -89,7 +89,9 @@ class Run:
 
         Returns:
             Classification: {"class": (n,) int, "probabilities": (n, num_classes)};
-            regression: {"value": (n, num_targets)}.
+            regression: {"value": (n, num_targets)}; multilabel: {"labels": (n, num_labels)
+            0/1 at the run's thresholds, "probabilities": (n, num_labels)}; anomaly:
+            {"score": (n,) reconstruction error, "anomaly": (n,) 0/1 at the saved threshold}.
         """
         if self.preprocess.tokenizer is not None:
             array = self._text_inputs(features, preprocessed)
@@ -114,7 +116,8 @@ class Run:
                 if len(inputs)
                 else self.model(inputs)
             )
-        return {key: value.cpu().numpy() for key, value in self.task.predict(outputs).items()}
+        predictions = self.task.predict_batch(outputs, inputs)
+        return {key: value.cpu().numpy() for key, value in predictions.items()}
 
     def _text_inputs(self, texts, preprocessed: bool) -> np.ndarray:
         """(num_samples, max_len) token ids for raw strings, as training tokenized them."""

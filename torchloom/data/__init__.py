@@ -38,7 +38,12 @@ __all__ = [
 @dataclass
 class Split:
     """One split as tensors: features (num_samples, ...) float32, or for text (num_samples,
-    max_len) int64 token ids padded with 0; targets int64 or float32."""
+    max_len) int64 token ids padded with 0; targets int64 or float32.
+
+    Anomaly data carries (num_samples, 1 + num_features) float32 targets: column 0 is the label
+    (1 anomaly, 0 normal), the rest the flattened preprocessed input, which an autoencoder's loss
+    reconstructs (see `torchloom.tasks.anomaly`).
+    """
 
     features: torch.Tensor
     targets: torch.Tensor
@@ -96,9 +101,12 @@ class Data:
 
     @property
     def num_outputs(self) -> int:
-        """Output units a model needs: one per class, or one per regression target."""
+        """Output units a model needs: one per class, regression target or label; for anomaly
+        detection one per input feature (an autoencoder's reconstruction)."""
         if self.task == "classification":
             return len(self.classes)
+        if self.task == "anomaly":
+            return self.num_features
         return 1 if self.train.targets.dim() == 1 else int(self.train.targets.shape[1])
 
     def split(self, name: str) -> Split:
@@ -230,12 +238,14 @@ def from_arrays(
     Args:
         features: (num_samples, ...) array-like of numbers.
         targets: (num_samples,) class indices, or (num_samples,) / (num_samples, k) floats.
-        task: "classification" or "regression"; inferred when None (integer targets are classes).
+        task: "classification", "regression", "multilabel" ((num_samples, num_labels) 0/1
+            targets) or "anomaly" ((num_samples,) 0/1 targets, 1 = anomaly); inferred when
+            None (integer targets are classes).
         val, test: held-out fractions (0 keeps everything for training).
         seed: seeds the split.
         standardize: fit a scaler on the training split (off by default: your arrays, your
             preprocessing).
-        classes: class names in index order; default "0", "1", ...
+        classes: class names in index order (label names for multilabel); default "0", "1", ...
     """
     features = _to_numpy(features, "features")
     targets = _to_numpy(targets, "targets")
@@ -282,8 +292,15 @@ def from_arrays(
     elif task == "regression":
         targets = targets.astype(np.float32).reshape(len(targets), -1)
         classes = None
+    elif task in ("multilabel", "anomaly"):
+        from torchloom.data.multilabel_anomaly import binary_targets
+
+        targets, classes = binary_targets(targets, task, classes)
     else:
-        raise DataError(f"task: expected 'classification' or 'regression', got '{task}'.")
+        raise DataError(
+            f"task: expected 'classification', 'regression', 'multilabel' or 'anomaly', "
+            f"got '{task}'."
+        )
     shape = features.shape[1:]
     feature_names = [f"x{i}" for i in range(int(np.prod(shape)))]
     table = Table(features, targets, task, classes, feature_names, "arrays")
@@ -303,7 +320,11 @@ def split_table(
 ) -> Data:
     """Split a table (stratified for classes), fit preprocessing on train, make tensors.
 
-    A table with an official test set (`table.test_start`) keeps it as the test split."""
+    A table with an official test set (`table.test_start`) keeps it as the test split.
+    Multilabel tables are split at random (seeded, not stratified: label sets are too many to
+    stratify on). Anomaly tables are stratified by label, then the training split keeps only its
+    normal rows: the autoencoder and the scaler learn what normal looks like, while val and test
+    keep both kinds to measure how well anomalies are told apart."""
     from sklearn.model_selection import train_test_split
 
     for label, fraction in (("val", val), ("test", test)):
@@ -336,7 +357,7 @@ def split_table(
                     f"{advice.format(row=row)} before training."
                 )
     index = np.arange(num_samples)
-    stratify = table.task == "classification"
+    stratify = table.task in ("classification", "anomaly")
 
     def hold_out(pool: np.ndarray, size: float, name: str) -> tuple[np.ndarray, np.ndarray]:
         if size == 0:
@@ -371,6 +392,8 @@ def split_table(
                 f"at least 2 are needed to measure anything. Use more data or set "
                 f"data.{name}: 0."
             )
+    if table.task == "anomaly":
+        train_index = train_index[table.targets[train_index] == 0]  # normal rows only
     preprocess = Preprocess(table.feature_names, table.classes, table.task)
     if table.tokenizer is not None:  # the vocabulary, from the training texts only
         preprocess.fit_tokenizer(table.features[train_index], table.tokenizer)
@@ -382,7 +405,10 @@ def split_table(
             return None
         rows = np.sort(rows)  # keep the source order inside a split; shuffling is the loader's
         features = torch.from_numpy(preprocess.transform(table.features[rows]))
-        return Split(features, torch.from_numpy(np.ascontiguousarray(table.targets[rows])))
+        targets = torch.from_numpy(np.ascontiguousarray(table.targets[rows]))
+        if table.task == "anomaly":  # (n, 1 + num_features): the label, then what to rebuild
+            targets = torch.cat([targets.float()[:, None], features.reshape(len(rows), -1)], 1)
+        return Split(features, targets)
 
     train = make(train_index)
     if train is None:

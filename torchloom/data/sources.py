@@ -24,9 +24,11 @@ class Table:
             (num_samples, channels, height, width), raw pixel values (uint8 is kept as uint8 to
             save memory until preprocessing turns each split into float32).
         targets: (num_samples,) int64 class indices for classification, (num_samples, k) float32
-            for regression.
-        task: "classification" or "regression".
-        classes: class names in index order (classification), else None.
+            for regression, (num_samples, num_labels) 0/1 int64 for multilabel, (num_samples,)
+            int64 for anomaly (1 anomaly, 0 normal).
+        task: "classification", "regression", "multilabel" or "anomaly".
+        classes: class names in index order (classification), label names (multilabel),
+            ["normal", "anomaly"] (anomaly), else None.
         feature_names: one name per feature column.
         name: where the data came from, for messages and run names.
         test_start: rows from this index on are the source's official test set (Fashion-MNIST,
@@ -179,6 +181,7 @@ from torchloom.data.images import (  # noqa: E402
     image_folder,
     mnist_5k,
 )
+from torchloom.data.multilabel_anomaly import digits_anomaly, shuttle, yeast  # noqa: E402
 from torchloom.data.series import SERIES_SOURCES  # noqa: E402
 from torchloom.data.text import rotten_tomatoes, text_csv  # noqa: E402
 
@@ -194,6 +197,9 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "mnist_5k": mnist_5k,
     "cifar10": cifar10,
     "image_folder": image_folder,
+    "yeast": yeast,
+    "shuttle": shuttle,
+    "digits_anomaly": digits_anomaly,
     **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
     "rotten_tomatoes": rotten_tomatoes,
     "text_csv": text_csv,

@@ -148,8 +148,11 @@ def linear_baseline(task: str, train: Split, val: Split | None) -> dict | None:
     """A plain linear model's scores on train and val: what any network should at least match.
 
     Classification: logistic regression (accuracy); regression: least squares (R²). None when the
-    input is too wide to fit one quickly.
+    input is too wide to fit one quickly, and for tasks without a linear counterpart here
+    (multilabel, anomaly).
     """
+    if task not in ("classification", "regression"):
+        return None
     x = train.features.detach().cpu().reshape(len(train), -1).double().numpy()
     if x.shape[1] > MAX_BASELINE_FEATURES:
         return None

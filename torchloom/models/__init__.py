@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.models.autoencoder import autoencoder, autoencoder_problems, conv_autoencoder
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
@@ -36,6 +37,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "gru": gru,
     "text_rnn": text_rnn,
     "text_bag": text_bag,
+    "autoencoder": autoencoder,
+    "conv_autoencoder": conv_autoencoder,
 }
 
 # Checks of a builder's option values that can run before anything is built.
@@ -49,6 +52,8 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "gru": recurrent_problems,
     "text_rnn": lambda options: text_problems(options, hidden_list=False),
     "text_bag": lambda options: text_problems(options, hidden_list=True),
+    "autoencoder": autoencoder_problems,
+    "conv_autoencoder": autoencoder_problems,
 }
 
 __all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
