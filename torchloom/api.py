@@ -242,7 +242,16 @@ def load_data(config: Config) -> Data:
         seed=seed,
         standardize=config.data.standardize,
         **options,
+        **missing_option(config),
     )
+
+
+def missing_option(config: Config) -> dict:
+    """`{"missing": ...}` as plain data for `data.load`, or {} when data.missing is unset."""
+    missing = config.data.missing
+    if missing is None:
+        return {}
+    return {"missing": missing.model_dump()}
 
 
 def seed_everything(seed: int) -> None:

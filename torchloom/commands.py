@@ -72,7 +72,8 @@ def predict(args: argparse.Namespace) -> int:
         frame = predictions_frame(run.predict(texts), run.preprocess.classes)
         frame.insert(0, "text", texts)
     else:
-        features = read_inputs(Path(args.input), run.preprocess.feature_names)
+        raw = run.preprocess.columns is not None  # text columns or blanks, filled as in training
+        features = read_inputs(Path(args.input), run.preprocess.input_columns, raw=raw)
         predictions = run.predict(features)
         frame = predictions_frame(predictions, run.preprocess.classes)
     if args.output:
@@ -174,7 +175,8 @@ def explain(args: argparse.Namespace) -> int:
 
     run = api.load_run(args.run_dir, data=False)
     refuse_text(run)
-    features = read_inputs(Path(args.input), run.preprocess.feature_names)
+    raw = run.preprocess.columns is not None  # text columns or blanks, encoded as in training
+    features = read_inputs(Path(args.input), run.preprocess.input_columns, raw=raw)
     explanation = attribute(
         run, features, method=args.method.replace("-", "_"), target=args.target, plot=args.plot
     )
@@ -241,8 +243,11 @@ def print_forecast_metrics(metrics: dict[str, float], split: str) -> None:
         console.print(f"loss (scaled units): {metrics['loss']:.4f}")
 
 
-def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:
-    """Features from a .npy array or a CSV (columns matched by name, or all columns in order)."""
+def read_inputs(path: Path, feature_names: list[str], raw: bool = False) -> np.ndarray:
+    """Features from a .npy array or a CSV (columns matched by name, or all columns in order).
+
+    With `raw`, CSV columns may hold text and blanks: an object array for `Run.predict` to fill
+    and encode as training did."""
     if not path.is_file():
         raise DataError(f"no such input file '{path}'.")
     if path.suffix == ".npy":
@@ -264,6 +269,8 @@ def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:
             f" The model needs {len(feature_names)} feature columns: "
             f"{', '.join(feature_names[:8])}{', ...' if len(feature_names) > 8 else ''}."
         )
+    if raw:
+        return frame.to_numpy(dtype=object)
     non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
         raise DataError(f"{path}: column '{non_numeric[0]}' is not numeric.")

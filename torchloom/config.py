@@ -53,6 +53,21 @@ class AugmentConfig(Section):
     padding_mode: Literal["zeros", "reflect"] = "zeros"
 
 
+MissingStrategy = Literal["drop", "mean", "median", "most_frequent", "learned"]
+
+
+class MissingConfig(Section):
+    """Missing values of a table: `{strategy: median, indicator: true, columns: {sex:
+    most_frequent}}` (see torchloom.data.missing). A bare strategy name is the short form."""
+
+    strategy: MissingStrategy | None = None
+    indicator: bool = False  # a 0/1 feature per column that had missing values in train
+    columns: dict[str, MissingStrategy] = {}  # per-column overrides
+    epochs: int = Field(300, ge=1, description="learned imputer: passes over the train rows")
+    hidden: int = Field(64, ge=1, description="learned imputer: hidden units")
+    mask_rate: float = Field(0.25, gt=0, lt=1, description="learned imputer: share hidden")
+
+
 def _check_options(section, registry_key: str, info: ValidationInfo) -> None:
     """Raise one error listing every unknown option of `section` (its name's checker, from the
     context under "<registry_key>_options", says which)."""
@@ -79,6 +94,12 @@ class DataConfig(Section):
     standardize: bool | Literal["per_feature", "per_channel"] = True
     seed: int | None = None  # None: use trainer.seed
     augment: AugmentConfig | None = None
+    missing: MissingConfig | None = None  # None: a missing value is an error
+
+    @field_validator("missing", mode="before")
+    @classmethod
+    def _missing_short_form(cls, value: Any) -> Any:
+        return {"strategy": value} if isinstance(value, str) else value  # `missing: mean`
 
     @field_validator("name")
     @classmethod

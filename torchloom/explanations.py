@@ -245,6 +245,12 @@ def _model_inputs(run, inputs, preprocessed: bool) -> np.ndarray:
                 "rows themselves."
             )
         return run.data.split(inputs).features.detach().cpu().numpy().astype(np.float32)
+    if run.preprocess.columns is not None and not preprocessed:
+        # Raw table rows (text, blanks): filled and encoded as training did; attributions are
+        # then per encoded feature (island=Biscoe, missing/sex, ...).
+        if hasattr(inputs, "columns"):
+            inputs = inputs[run.preprocess.input_columns].to_numpy(dtype=object)
+        return run.preprocess.transform(inputs)
     array = np.asarray(
         inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else inputs, dtype=np.float32
     )

@@ -84,6 +84,9 @@ class Run:
                 (num_samples, channels, height, width), (num_samples, height, width, channels)
                 or, for one channel, (num_samples, height, width); for text runs, raw strings
                 (a list, or one string), tokenized with the run's saved vocabulary.
+                Tables trained with text columns or `data.missing` also take raw rows (an
+                object array or a pandas DataFrame of the input columns) with blanks (NaN or
+                None), filled and encoded as training did.
             preprocessed: the inputs are already scaled (skip the saved preprocessing); for
                 text, (num_samples, length) token ids.
 
@@ -95,6 +98,10 @@ class Run:
         """
         if self.preprocess.tokenizer is not None:
             array = self._text_inputs(features, preprocessed)
+        elif self.preprocess.columns is not None and not preprocessed:
+            if hasattr(features, "columns"):  # a DataFrame: its input columns, by name
+                features = features[self.preprocess.input_columns].to_numpy(dtype=object)
+            array = self.preprocess.transform(features)  # fills, encodes, scales
         else:
             array = np.asarray(features, dtype=np.float32)
             expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
@@ -102,6 +109,14 @@ class Run:
             array = arrange_inputs(array, expected)
             if not preprocessed:
                 array = self.preprocess.transform(array)
+            if array.ndim == 2 and np.isnan(array).any():
+                row, column = (int(i) for i in np.argwhere(np.isnan(array))[0])
+                raise DataError(
+                    f"missing value (NaN) in input row {row}, feature "
+                    f"'{self.preprocess.feature_names[column]}': this run was trained without "
+                    "data.missing, so it cannot fill it. Fill the value, or retrain with "
+                    "data.missing (e.g. mean)."
+                )
         inputs = torch.from_numpy(array).to(self.device)
         batch_size = self.config.trainer.batch_size
         self.model.eval()

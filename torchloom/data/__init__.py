@@ -158,6 +158,7 @@ def load(
     test: float = 0.2,
     seed: int = 0,
     standardize: bool | str = True,
+    missing: str | dict | None = None,
     **options,
 ) -> Data:
     """Load a built-in or file data source, split it, and fit preprocessing on train.
@@ -176,6 +177,10 @@ def load(
         seed: seeds the split.
         standardize: scale to zero mean and unit variance, fitted on train: per feature for
             tables, per channel for images; or "per_feature" / "per_channel"; False is off.
+        missing: what to do with missing values of a table (see `torchloom.data.missing`):
+            "drop", "mean", "median", "most_frequent", "learned", or a mapping
+            `{strategy, indicator, columns: {column: strategy}}`; None: a missing value is an
+            error.
         **options: the source's own options (e.g. `path`, `target` for "csv", `shape="image"`
             for "digits").
 
@@ -209,7 +214,9 @@ def load(
     if isinstance(table, Series):  # time series: a chronological split into windows
         data = split_series(table, val=val, test=test, standardize=standardize)
     else:
-        data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
+        data = split_table(
+            table, val=val, test=test, seed=seed, standardize=standardize, missing=missing
+        )
     source_options = {k: v for k, v in options.items() if k != "task"}
     data.spec = {
         "name": name,
@@ -218,6 +225,7 @@ def load(
         "test": test,
         "seed": seed,
         "standardize": standardize if data.preprocess.tokenizer is None else False,
+        **({"missing": missing} if missing is not None else {}),
     }
     return data
 
@@ -316,7 +324,13 @@ def from_arrays(
 
 
 def split_table(
-    table: Table, *, val: float, test: float, seed: int, standardize: bool | str
+    table: Table,
+    *,
+    val: float,
+    test: float,
+    seed: int,
+    standardize: bool | str,
+    missing: str | dict | None = None,
 ) -> Data:
     """Split a table (stratified for classes), fit preprocessing on train, make tensors.
 
@@ -324,8 +338,15 @@ def split_table(
     Multilabel tables are split at random (seeded, not stratified: label sets are too many to
     stratify on). Anomaly tables are stratified by label, then the training split keeps only its
     normal rows: the autoencoder and the scaler learn what normal looks like, while val and test
-    keep both kinds to measure how well anomalies are told apart."""
+    keep both kinds to measure how well anomalies are told apart. Missing
+    values and text columns go through `torchloom.data.missing` (fitted on train only)."""
     from sklearn.model_selection import train_test_split
+
+    from torchloom.data import missing as missing_module
+
+    missing_spec = missing_module.parse_missing(missing)
+    columns_step = missing_spec is not None or bool(table.categorical)
+    table, dropped = missing_module.drop_missing_rows(table, missing_spec)
 
     for label, fraction in (("val", val), ("test", test)):
         if not 0 <= fraction < 1:
@@ -341,13 +362,23 @@ def split_table(
     num_samples = len(table.features)
     if num_samples == 0:
         raise DataError(f"data '{table.name}' is empty: no samples to train on.")
-    # Raw pixels are never NaN or inf; text (strings) has its own checks.
+    # Raw pixels are never NaN or inf; text (strings) has its own checks; text columns of a
+    # table are checked by `missing` after encoding.
     if table.tokenizer is None and not np.issubdtype(table.features.dtype, np.integer):
         flat = table.features.reshape(num_samples, -1)
         checks = (
-            (np.isnan, "missing value (NaN)", "at row {row}. Fill or drop missing values"),
+            (
+                missing_module.is_missing,
+                "missing value (NaN)",
+                "at row {row}. Set data.missing (e.g. data.missing: mean; also drop, median, "
+                "most_frequent, learned) or fill or drop missing values",
+            ),
             (np.isinf, "infinite value", "at row {row}. Replace or clip it"),
         )
+        if flat.dtype == object:
+            checks = checks[:1]  # text columns: inf is looked for after encoding
+        if missing_spec is not None:
+            checks = checks[1:]
         for is_bad, what, advice in checks:
             bad = is_bad(flat)
             if bad.any():
@@ -395,16 +426,24 @@ def split_table(
     if table.task == "anomaly":
         train_index = train_index[table.targets[train_index] == 0]  # normal rows only
     preprocess = Preprocess(table.feature_names, table.classes, table.task)
+    train_features = table.features[train_index]
     if table.tokenizer is not None:  # the vocabulary, from the training texts only
-        preprocess.fit_tokenizer(table.features[train_index], table.tokenizer)
+        preprocess.fit_tokenizer(train_features, table.tokenizer)
     else:
-        preprocess.fit(table.features[train_index], standardize)
+        if columns_step:  # fills and encodings fitted on train, applied before scaling
+            train_features = missing_module.fit_columns(
+                preprocess, table, train_features, missing_spec, seed
+            )
+            preprocess.extra.update({"dropped_rows": dropped} if dropped else {})
+        preprocess.fit(train_features, standardize)
 
     def make(rows: np.ndarray) -> Split | None:
         if len(rows) == 0:
             return None
         rows = np.sort(rows)  # keep the source order inside a split; shuffling is the loader's
         features = torch.from_numpy(preprocess.transform(table.features[rows]))
+        if columns_step:  # text columns were not checked for inf before encoding
+            missing_module.check_finite(features, preprocess.feature_names, table.name, rows)
         targets = torch.from_numpy(np.ascontiguousarray(table.targets[rows]))
         if table.task == "anomaly":  # (n, 1 + num_features): the label, then what to rebuild
             targets = torch.cat([targets.float()[:, None], features.reshape(len(rows), -1)], 1)

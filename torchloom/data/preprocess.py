@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from torchloom.data.missing import ColumnPrep
 from torchloom.errors import DataError
 
 if TYPE_CHECKING:
@@ -28,6 +29,10 @@ class Preprocess:
         tokenizer: for text, the vocabulary fitted on the training split (see
             `torchloom.data.text`); `transform` then turns raw strings into token ids. None for
             numbers.
+        columns: the fitted missing-value fills and category encodings that turn raw table rows
+            (text, blanks) into the model's features, applied before scaling; None when the
+            table needed none. `feature_names` then names the encoded features and
+            `input_columns` the raw columns prediction reads.
     """
 
     feature_names: list[str]
@@ -38,6 +43,7 @@ class Preprocess:
     extra: dict = field(default_factory=dict)
     per: str = "feature"
     tokenizer: Tokenizer | None = None
+    columns: ColumnPrep | None = None
 
     @property
     def vocab_size(self) -> int | None:
@@ -52,6 +58,11 @@ class Preprocess:
         self.tokenizer = Tokenizer.fit(train_texts, **options)
         self.mean = self.std = None
         return self
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The raw columns prediction reads (before any encoding)."""
+        return self.feature_names if self.columns is None else self.columns.names
 
     def fit(self, train_features: np.ndarray, standardize: bool | str) -> Preprocess:
         """Fit the scaler on the training features only.
@@ -89,10 +100,13 @@ class Preprocess:
         return self
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Apply the fitted scaling; returns float32 of the same shape. For text: raw strings
-        (num_samples,) in, (num_samples, max_len) int64 token ids out."""
+        """Apply the fitted fills and encodings (tables with `columns`), then the scaling;
+        returns float32 of the same shape ((num_samples, len(feature_names)) for `columns`).
+        For text: raw strings (num_samples,) in, (num_samples, max_len) int64 token ids out."""
         if self.tokenizer is not None:
             return self.tokenizer.encode(features)
+        if self.columns is not None:
+            features = self.columns.transform(features)
         features = np.asarray(features, dtype=np.float32)
         if self.mean is None:
             return features
@@ -109,6 +123,7 @@ class Preprocess:
 
     def to_json(self) -> dict:
         text = {} if self.tokenizer is None else {"text": self.tokenizer.to_json()}
+        missing = {} if self.columns is None else {"missing": self.columns.to_json()}
         return {
             "format": 1,
             "task": self.task,
@@ -119,6 +134,7 @@ class Preprocess:
             else {"mean": self.mean, "std": self.std, "per": self.per},
             "extra": self.extra,
             **text,
+            **missing,
         }
 
     @classmethod
@@ -138,6 +154,7 @@ class Preprocess:
             extra=payload.get("extra", {}),
             per=scale.get("per", "feature"),
             tokenizer=tokenizer,
+            columns=ColumnPrep.from_json(payload["missing"]) if payload.get("missing") else None,
         )
 
 
