@@ -32,5 +32,8 @@ def test_example_trains_a_few_epochs(path):
     overrides = ["trainer.epochs=3", "output.dir=null", "trainer.progress=false"]
     run = fit_config(path, overrides + SMALLER.get(path.name, []))
     assert len(run.history) == 3
-    assert run.history[-1]["train/loss"] < run.history[0]["train/loss"]
+    if run.task.name == "gan":  # two players: the discriminator's loss rises as G improves
+        assert all(0 < epoch["train/loss"] < 10 for epoch in run.history)
+    else:
+        assert run.history[-1]["train/loss"] < run.history[0]["train/loss"]
     assert set(run.evaluate("test")) >= {"loss"}

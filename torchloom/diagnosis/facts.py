@@ -51,8 +51,14 @@ def run_facts(run) -> dict:
     else:
         targets = data.train.targets.detach().cpu().double().numpy()
         facts["targets"] = {"mean": float(targets.mean()), "std": float(targets.std())}
-    facts["baseline"] = linear_baseline(
-        run.task.name, _subset(train, MAX_BASELINE_ROWS), data.val and _subset(data.val, MAX_ROWS)
+    facts["baseline"] = (
+        linear_baseline(
+            run.task.name,
+            _subset(train, MAX_BASELINE_ROWS),
+            data.val and _subset(data.val, MAX_ROWS),
+        )
+        if run.task.uses_targets  # a VAE or GAN has no targets for a linear model to predict
+        else None
     )
     return facts
 

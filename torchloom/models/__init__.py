@@ -18,6 +18,7 @@ from torch.nn.parameter import is_lazy
 
 from torchloom.errors import TorchloomError, did_you_mean, lookup
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
+from torchloom.models.generative import conv_vae, dcgan, gan, generative_problems, vae
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
 from torchloom.models.recurrent import gru, lstm, recurrent_problems, rnn
@@ -31,6 +32,10 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "rnn": rnn,
     "lstm": lstm,
     "gru": gru,
+    "vae": vae,
+    "conv_vae": conv_vae,
+    "gan": gan,
+    "dcgan": dcgan,
 }
 
 # Checks of a builder's option values that can run before anything is built.
@@ -42,6 +47,7 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "rnn": recurrent_problems,
     "lstm": recurrent_problems,
     "gru": recurrent_problems,
+    **dict.fromkeys(("vae", "conv_vae", "gan", "dcgan"), generative_problems),
 }
 
 __all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
@@ -120,7 +126,9 @@ def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    if num_outputs is not None and output.dim() == 4:
+    if num_outputs is None:  # nothing to check (a generative model's outputs may be a tuple)
+        return model
+    if output.dim() == 4:
         raise TorchloomError(
             f"model gives image-shaped outputs {(-1, *output.shape[1:])} but the data needs "
             f"(batch, {num_outputs}). End the network with flatten (or global_avg_pool) and a "

@@ -9,12 +9,16 @@ from torchloom.errors import lookup
 from torchloom.tasks.base import Task
 from torchloom.tasks.classification import Classification
 from torchloom.tasks.forecast import Forecast
+from torchloom.tasks.gan import Adversarial
 from torchloom.tasks.regression import Regression
+from torchloom.tasks.vae import VariationalAutoencoder
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "regression": Regression,
     "forecast": Forecast,
+    "vae": VariationalAutoencoder,
+    "gan": Adversarial,
 }
 
 
@@ -23,4 +27,13 @@ def make_task(name: str, **options) -> Task:
     return lookup(TASKS, name, "task")(**options)
 
 
-__all__ = ["TASKS", "Classification", "Forecast", "Regression", "Task", "make_task"]
+__all__ = [
+    "TASKS",
+    "Adversarial",
+    "Classification",
+    "Forecast",
+    "Regression",
+    "Task",
+    "VariationalAutoencoder",
+    "make_task",
+]
