@@ -162,7 +162,7 @@ def test_vae_run_writes_grids_and_the_cli_writes_samples(tmp_path):
 def test_generated_digits_are_recognizable_and_varied(digit_images):
     """Of 1,000 digits from a VAE and from a DCGAN, a classifier trained on real digits is
     confident (max probability >= 0.9) on at least half, and every class makes up >= 3%."""
-    judge = tl.fit("mlp", digit_images, epochs=20, optimizer="adam", batch_size=64, progress=False)
+    judge = tl.fit("mlp", digit_images, epochs=30, optimizer="adam", batch_size=64, progress=False)
     assert judge.evaluate("test")["accuracy"] > 0.95
     settings = {
         "vae": (tl.models.build("vae", latent=8), {"name": "adam", "lr": 0.002}, 30),

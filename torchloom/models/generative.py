@@ -271,7 +271,7 @@ def gan(*, latent: int = 16, hidden: list[int] | tuple[int, ...] = (128, 128)) -
     return GAN(latent, list(hidden), None)
 
 
-def dcgan(*, latent: int = 16, channels: list[int] | tuple[int, ...] = (32, 64)) -> GAN:
+def dcgan(*, latent: int = 8, channels: list[int] | tuple[int, ...] = (32, 64)) -> GAN:
     """A DCGAN for images whose height and width divide by 2**len(channels).
 
     Args:
