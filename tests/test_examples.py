@@ -24,12 +24,26 @@ def test_example_validates_and_shows_how_to_run_it(path):
 
 
 # Examples on large datasets train here on a part of them; their full runs are quality tests.
-SMALLER = {"fashion_mnist_lenet.yaml": ["data.limit=6000"]}
+SMALLER = {
+    "fashion_mnist_lenet.yaml": ["data.limit=6000"],
+    "rotten_tomatoes_bag.yaml": ["data.full=false"],
+    # An LSTM over 12,808 snippets takes ~30 s an epoch on one core: the small corpus, a small net.
+    "rotten_tomatoes_lstm.yaml": [
+        "data.full=false", "data.max_len=24", "trainer.batch_size=256", "model.hidden=16",
+        "model.embedding_dim=16", "model.bidirectional=false",
+    ],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_trains_a_few_epochs(path):
+def test_example_trains_a_few_epochs(path, tmp_path):
     overrides = ["trainer.epochs=3", "output.dir=null", "trainer.progress=false"]
+    if path.name == "digits_transfer.yaml":  # its source: the run its comment says to train
+        source = fit_config(
+            path.with_name("digits_mlp.yaml"),
+            ["trainer.epochs=3", f"output.dir={tmp_path}", "trainer.progress=false"],
+        )
+        overrides.append(f"transfer.source={source.dir}")
     run = fit_config(path, overrides + SMALLER.get(path.name, []))
     assert len(run.history) == 3
     if run.task.name == "gan":  # two players: the discriminator's loss rises as G improves

@@ -17,12 +17,14 @@ from torchloom import __version__, models, optim
 from torchloom import config as config_module
 from torchloom import data as data_module
 from torchloom import init as init_module
+from torchloom import transfer as transfer_module
 from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
 from torchloom.data import Augment, BatchLoader, Data, Preprocess
 from torchloom.errors import DataError, TorchloomError, did_you_mean
 from torchloom.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from torchloom.run import Run
 from torchloom.tasks import TASKS, make_task
+from torchloom.tasks import option_problems as task_option_problems
 from torchloom.train.callbacks import (
     Callback,
     Dispatcher,
@@ -53,6 +55,7 @@ RUN_FORMAT = 1
 # fit(...) keyword -> where it lives in the config.
 FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "task": ("task",),
+    "task_options": ("task_options",),
     "val": ("data", "val"),  # held-out fractions for plain (x, y) data
     "test": ("data", "test"),
     "augment": ("data", "augment"),
@@ -87,6 +90,12 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "checkpoint_every_steps": ("output", "checkpoint_every_steps"),
     "checkpoint_interval": ("output", "checkpoint_interval"),
     "monitor": ("output", "monitor"),
+    "transfer": ("transfer",),
+    "histogram_every": ("output", "histogram_every"),
+    "tensorboard_graph": ("output", "tensorboard_graph"),
+    "mlflow": ("output", "mlflow"),
+    "mlflow_uri": ("output", "mlflow_uri"),
+    "mlflow_experiment": ("output", "mlflow_experiment"),
 }
 
 
@@ -109,6 +118,7 @@ def registries() -> dict:
         "init": list(init_module.SCHEMES),
         "schedulers": list(SCHEDULERS),
         "schedulers_options": scheduler_problems,
+        "tasks_options": task_option_problems,
     }
 
 
@@ -232,7 +242,16 @@ def load_data(config: Config) -> Data:
         seed=seed,
         standardize=config.data.standardize,
         **options,
+        **missing_option(config),
     )
+
+
+def missing_option(config: Config) -> dict:
+    """`{"missing": ...}` as plain data for `data.load`, or {} when data.missing is unset."""
+    missing = config.data.missing
+    if missing is None:
+        return {}
+    return {"missing": missing.model_dump()}
 
 
 def seed_everything(seed: int) -> None:
@@ -344,6 +363,10 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
     checkpoint = None
     if resume_dir is not None:
         folder, checkpoint = find_resumable(resume_dir / "checkpoints")
+    if output.mlflow and (output.dir or resume_dir):
+        from torchloom.train.mlflow_sink import check_installed
+
+        check_installed()  # a missing extra stops here, before the run directory is made
 
     # --- the run directory ------------------------------------------------------------------
     preprocess = data.preprocess
@@ -406,6 +429,8 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
     # Training is over: leave the process group, so evaluating the test split and writing the
     # report happen on rank 0 alone, as in a single process.
     world.stop()
+    if not state.stop_now:  # thresholds and the like, from the trained model
+        task.calibrate(model, data_on_device, trainer.batch_size)
     run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
     if state.stop_now:
         where = f"; resume with: torchloom train --resume {run_dir}" if run_dir else ""
@@ -433,6 +458,9 @@ def _finish(state, task, loss_fn, config, preprocess, data, started) -> Run:
     run.diagnostics = _diagnostics(state.callbacks, run, facts=state.run_dir is not None)
     if state.run_dir is not None:
         _finish_run_dir(run, state, time.perf_counter() - started)
+        for callback in state.callbacks:  # sinks that upload the finished run directory
+            if hasattr(callback, "log_run_dir"):
+                callback.log_run_dir(state.run_dir)
     return run
 
 
@@ -464,13 +492,20 @@ def prepare(
     data_on_device = task.prepare_data(data).to(device)
     model = model.to(device)
     num_outputs = data.num_outputs if task.uses_targets else None  # generative: sized by inputs
-    models.materialize(model, data_on_device.train.features[:2], num_outputs)
-    init_module.initialize(model, **config.init.model_dump())
-    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
-    loss_fn = loss_fn.to(device)
-    optimizer = optim.make_optimizer(
-        model.parameters(), config.optimizer.name, **config.optimizer.options
+    models.materialize(
+        model, data_on_device.train.features[:2], num_outputs, data.preprocess.vocab_size
     )
+    init_module.initialize(model, **config.init.model_dump())
+    parameters = model.parameters()
+    transfer = config.transfer
+    if transfer.source or transfer.freeze or transfer.backbone_lr:
+        loaded = transfer_module.apply(model, transfer.source, transfer.freeze)
+        parameters = transfer_module.parameter_groups(
+            model, loaded.loaded if loaded else [], transfer.backbone_lr
+        )
+    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_fn = task.wrap_loss(loss_fn).to(device)
+    optimizer = optim.make_optimizer(parameters, config.optimizer.name, **config.optimizer.options)
     loader = BatchLoader(
         data_on_device.train.features,
         data_on_device.train.targets,
@@ -510,12 +545,17 @@ def _task_for(config: Config, data: Data):
             "data. Remove task or change the data."
         )
     task = make_task(
-        task_name, num_outputs=data.num_outputs, classes=data.classes, preprocess=data.preprocess
+        task_name,
+        num_outputs=data.num_outputs,
+        classes=data.classes,
+        preprocess=data.preprocess,
+        **config.task_options,
     )
     for split_name in ("train", "val", "test"):
         split = getattr(data, split_name)
         if split is not None:
             task.check_targets(split.targets, f"{data.name} {split_name} targets")
+    task.check_data(data)
     return task
 
 
@@ -584,7 +624,13 @@ def _built_in_callbacks(
         jsonl = JsonlSink(run_dir / "metrics.jsonl")
         built_in += [jsonl, CsvSink(run_dir / "metrics.csv")]
         if output.tensorboard:
-            built_in.append(TensorBoardSink(run_dir))
+            built_in.append(
+                TensorBoardSink(run_dir, output.histogram_every, graph=output.tensorboard_graph)
+            )
+        if output.mlflow:
+            from torchloom.train.mlflow_sink import MlflowSink
+
+            built_in.append(MlflowSink(run_dir, output.mlflow_uri, output.mlflow_experiment))
         if output.checkpoints:
             checkpoint = Checkpoint(
                 run_dir / "checkpoints",
@@ -625,6 +671,8 @@ def _finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
     }
     if status == "completed" and run.data.test is not None:
         summary["test"] = run.evaluate("test")
+    if run.task.state():  # what the task chose after training (thresholds), for load_run
+        atomic_write_json(run_dir / "task.json", run.task.state())
     atomic_write_json(run_dir / "summary.json", summary)
     if run.diagnostics is not None:
         atomic_write_json(run_dir / "diagnostics.json", run.diagnostics)
@@ -741,13 +789,25 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
         num_outputs=preprocess.extra["num_outputs"],
         classes=preprocess.classes,
         preprocess=preprocess,
+        **config.task_options,
     )
-    example = torch.zeros(2, *preprocess.extra["input_shape"])
+    if (run_dir / "task.json").is_file():
+        try:
+            task.load_state(json.loads((run_dir / "task.json").read_text()))
+        except json.JSONDecodeError as error:
+            raise TorchloomError(
+                f"{run_dir / 'task.json'}: not valid JSON ({error}). It holds the run's "
+                "thresholds: train the run again."
+            ) from None
+    # Text runs take token ids (0 is <pad>); others take floats.
+    dtype = torch.float32 if preprocess.tokenizer is None else torch.int64
+    example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)
     num_outputs = preprocess.extra["num_outputs"] if task.uses_targets else None
-    models.materialize(model, example, num_outputs)
+    models.materialize(model, example, num_outputs, preprocess.vocab_size)
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_fn = task.wrap_loss(loss_fn)
     loaded_data = task.prepare_data(load_data(config)) if data and has_source else None
     run = Run(
         model=model,

@@ -17,10 +17,14 @@ EXAMPLES = """examples:
   torchloom train examples/digits_mlp.yaml trainer.epochs=50 optimizer.lr=0.05
   torchloom evaluate runs/mlp-digits-20261127-101500 --json
   torchloom predict runs/mlp-digits-20261127-101500 new_samples.csv -o predictions.csv
+  echo "a gorgeous, moving film" | torchloom predict runs/text_bag-rotten_tomatoes-20261127-1015 -
   torchloom summary examples/wine_layers.yaml
   torchloom lr-find examples/digits_mlp.yaml --plot lr.png
   torchloom doctor runs/mlp-digits-20261127-101500 --json
   torchloom explain runs/mlp-digits-20261127-101500 new_samples.csv --plot attributions.png
+  torchloom export runs/mlp-digits-20261127-101500 --format onnx
+  torchloom runs --compare runs/mlp-digits-a runs/mlp-digits-b
+  torchloom tune examples/digits_tune.yaml --trials 20
 """
 
 
@@ -53,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
-    predict = commands.add_parser("predict", help="predictions for new inputs (.csv or .npy)")
+    predict = commands.add_parser(
+        "predict",
+        help="predictions for new inputs (.csv or .npy; text runs: raw text, one a line)",
+        description="INPUT is a .csv or .npy file of features. For a text run it is a text file "
+        "with one raw text a line, '-' to read them from stdin, or a .csv with the run's text "
+        "column; blank lines are skipped and the output repeats each text.",
+    )
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("input", metavar="INPUT", nargs="?")
     predict.add_argument("-o", "--output", help="write a CSV here (default: print to stdout)")
@@ -110,7 +120,47 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=int, default=10, help="features to list (default: 10)")
     explain.add_argument("--plot", help="write a bar chart (and an image heatmap) to this PNG")
     explain.add_argument("--json", action="store_true", help="print the ranking as JSON")
+
+    export = commands.add_parser(
+        "export",
+        help="write a run's model, preprocessing included, as ONNX, TorchScript or torch.export",
+        description="Export RUN_DIR's network with its input standardization folded in (it "
+        "takes raw inputs) and a dynamic batch dimension. ONNX needs: pip install "
+        "'torchloom[onnx]'. See docs/export.md.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument(
+        "--format", required=True, choices=["onnx", "torchscript", "exported-program"]
+    )
+    export.add_argument("-o", "--output", help="file to write (default: inside RUN_DIR)")
+    add_tracking_commands(commands)
     return parser
+
+
+def add_tracking_commands(commands) -> None:
+    """`torchloom runs` and `torchloom tune` (handlers in torchloom/tracking_commands.py)."""
+    runs = commands.add_parser(
+        "runs",
+        help="list the runs under a folder (name, task, model, best metric, time, status)",
+        description="List the run directories under ROOT, or compare two runs side by side.",
+    )
+    runs.add_argument("root", nargs="?", default="runs", metavar="ROOT", help="default: runs")
+    runs.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="two run directories: config and metrics"
+    )
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    tune = commands.add_parser(
+        "tune",
+        help="search the config's search: space with Optuna (pip install 'torchloom[tune]')",
+        description="Train trials with values drawn from the config's search: section, prune "
+        "bad ones, keep the study in sqlite (run again to continue it) and write the best "
+        "config for torchloom train. See docs/tracking.md.",
+    )
+    tune.add_argument("arguments", nargs="+", metavar="CONFIG [key=value ...]")
+    tune.add_argument("--trials", type=int, default=20, help="trials the study should hold")
+    tune.add_argument("--study", help="sqlite file (default: <output.dir>/tune-<name>/study.db)")
+    tune.add_argument("-o", "--output", help="best config YAML (default: best.yaml by the study)")
 
 
 def split_config_arguments(arguments: list[str]) -> tuple[str | None, list[str]]:

@@ -15,6 +15,7 @@ from rich.table import Table
 from torchloom import api
 from torchloom.cli import split_config_arguments
 from torchloom.errors import DataError, TorchloomError, did_you_mean
+from torchloom.tracking_commands import runs, tune  # noqa: F401 dispatched by name
 
 console = Console()
 
@@ -36,8 +37,12 @@ def train(args: argparse.Namespace) -> int:
     if run.dir is not None:
         console.print(f"run saved to [bold]{run.dir}[/bold]")
         console.print(f"  evaluate: torchloom evaluate {run.dir}")
-        what = "INPUT.csv" if run.task.uses_targets else "--samples 100 -o samples.csv"
+        what = "TEXTS.txt (one a line, or - for stdin)" if run.preprocess.tokenizer else "INPUT.csv"
+        if not run.task.uses_targets:
+            what = "--samples 100 -o samples.csv"
         console.print(f"  predict:  torchloom predict {run.dir} {what}")
+        if run.config.output.tensorboard:
+            console.print(f"  curves:   tensorboard --logdir {run.dir.parent}")
     return 0
 
 
@@ -68,9 +73,15 @@ def predict(args: argparse.Namespace) -> int:
         raise TorchloomError(
             f"--steps: {args.run_dir} is a {run.task.name} run; --steps is for forecasting runs."
         )
-    features = read_inputs(Path(args.input), run.preprocess.feature_names)
-    predictions = run.predict(features)
-    frame = predictions_frame(predictions, run.preprocess.classes)
+    if run.preprocess.tokenizer is not None:  # a text run: raw text lines in
+        texts = read_texts(args.input, run.preprocess.feature_names[0])
+        frame = predictions_frame(run.predict(texts), run.preprocess.classes)
+        frame.insert(0, "text", texts)
+    else:
+        raw = run.preprocess.columns is not None  # text columns or blanks, filled as in training
+        features = read_inputs(Path(args.input), run.preprocess.input_columns, raw=raw)
+        predictions = run.predict(features)
+        frame = predictions_frame(predictions, run.preprocess.classes)
     if args.output:
         from torchloom.io import atomic_write_text
 
@@ -162,7 +173,7 @@ def summary(args: argparse.Namespace) -> int:
     data = api.load_data(config)
     model = models.build(config.model.name, **config.model.options)
     example = data.train.features[:2]
-    models.materialize(model, example, data.num_outputs)
+    models.materialize(model, example, data.num_outputs, data.preprocess.vocab_size)
     rows = models.summary(model, example)
     table = Table(title=f"{config.model.name} on {data.name}: input {(-1, *data.input_shape)}")
     for column in ("layer", "type", "output shape", "parameters"):
@@ -190,9 +201,12 @@ def doctor(args: argparse.Namespace) -> int:
 
 def explain(args: argparse.Namespace) -> int:
     from torchloom.explanations import explain as attribute
+    from torchloom.explanations import refuse_text
 
     run = api.load_run(args.run_dir, data=False)
-    features = read_inputs(Path(args.input), run.preprocess.feature_names)
+    refuse_text(run)
+    raw = run.preprocess.columns is not None  # text columns or blanks, encoded as in training
+    features = read_inputs(Path(args.input), run.preprocess.input_columns, raw=raw)
     explanation = attribute(
         run, features, method=args.method.replace("-", "_"), target=args.target, plot=args.plot
     )
@@ -207,6 +221,14 @@ def explain(args: argparse.Namespace) -> int:
     console.print(table)
     for path in explanation.plots:
         console.print(f"plot: {path}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from torchloom.export import export as write_export
+
+    path = write_export(args.run_dir, args.format, args.output)
+    console.print(f"{args.format} model written to [bold]{path}[/bold] (takes raw inputs)")
     return 0
 
 
@@ -251,8 +273,11 @@ def print_forecast_metrics(metrics: dict[str, float], split: str) -> None:
         console.print(f"loss (scaled units): {metrics['loss']:.4f}")
 
 
-def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:
-    """Features from a .npy array or a CSV (columns matched by name, or all columns in order)."""
+def read_inputs(path: Path, feature_names: list[str], raw: bool = False) -> np.ndarray:
+    """Features from a .npy array or a CSV (columns matched by name, or all columns in order).
+
+    With `raw`, CSV columns may hold text and blanks: an object array for `Run.predict` to fill
+    and encode as training did."""
     if not path.is_file():
         raise DataError(f"no such input file '{path}'.")
     if path.suffix == ".npy":
@@ -274,10 +299,45 @@ def read_inputs(path: Path, feature_names: list[str]) -> np.ndarray:
             f" The model needs {len(feature_names)} feature columns: "
             f"{', '.join(feature_names[:8])}{', ...' if len(feature_names) > 8 else ''}."
         )
+    if raw:
+        return frame.to_numpy(dtype=object)
     non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
         raise DataError(f"{path}: column '{non_numeric[0]}' is not numeric.")
     return frame.to_numpy(dtype=np.float32)
+
+
+def read_texts(source: str, column: str) -> list[str]:
+    """Raw texts for a text run: one a line of a text file, or of stdin when `source` is "-";
+    from a .csv file, its column `column` (the run's text column). Blank lines are skipped.
+
+    Raises:
+        DataError: a missing file or column, or no text at all.
+    """
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"no such input file '{path}'. Give a text file, one text a line.")
+        if path.suffix == ".csv":
+            import pandas as pd
+
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if column not in frame.columns:
+                columns = list(map(str, frame.columns))
+                raise DataError(
+                    f"{path}: no text column '{column}'.{did_you_mean(column, columns)} "
+                    f"Columns: {', '.join(columns)}. Name the text column '{column}', or give a "
+                    "plain text file with one text a line."
+                )
+            lines = frame[column].tolist()
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"{source}: no text to predict; give one text a line.")
+    return texts
 
 
 def predictions_frame(predictions: dict[str, np.ndarray], classes: list[str] | None):
@@ -287,6 +347,16 @@ def predictions_frame(predictions: dict[str, np.ndarray], classes: list[str] | N
     """
     import pandas as pd
 
+    if "labels" in predictions:  # multilabel: 0/1 and a probability per label
+        names = classes or [str(i) for i in range(predictions["labels"].shape[1])]
+        columns = {f"label/{name}": predictions["labels"][:, i] for i, name in enumerate(names)}
+        for index, name in enumerate(names):
+            columns[f"probability/{name}"] = predictions["probabilities"][:, index].astype(float)
+        return pd.DataFrame(columns)
+    if "score" in predictions:  # anomaly: the reconstruction error and the flag
+        return pd.DataFrame(
+            {"score": predictions["score"].astype(float), "anomaly": predictions["anomaly"]}
+        )
     if "class" in predictions:
         names = classes or [str(i) for i in range(predictions["probabilities"].shape[1])]
         frame = pd.DataFrame({"prediction": [names[i] for i in predictions["class"]]})

@@ -29,7 +29,7 @@ from pydantic import (
 
 from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
 
-Task = Literal["classification", "regression", "forecast", "vae", "gan"]
+Task = Literal["classification", "regression", "forecast", "multilabel", "anomaly", "vae", "gan"]
 Mode = Literal["auto", "min", "max"]
 
 
@@ -51,6 +51,21 @@ class AugmentConfig(Section):
     crop_padding: int = Field(0, ge=0, description="pixels of padding for the random crop")
     flip: bool = False  # random horizontal flip
     padding_mode: Literal["zeros", "reflect"] = "zeros"
+
+
+MissingStrategy = Literal["drop", "mean", "median", "most_frequent", "learned"]
+
+
+class MissingConfig(Section):
+    """Missing values of a table: `{strategy: median, indicator: true, columns: {sex:
+    most_frequent}}` (see torchloom.data.missing). A bare strategy name is the short form."""
+
+    strategy: MissingStrategy | None = None
+    indicator: bool = False  # a 0/1 feature per column that had missing values in train
+    columns: dict[str, MissingStrategy] = {}  # per-column overrides
+    epochs: int = Field(300, ge=1, description="learned imputer: passes over the train rows")
+    hidden: int = Field(64, ge=1, description="learned imputer: hidden units")
+    mask_rate: float = Field(0.25, gt=0, lt=1, description="learned imputer: share hidden")
 
 
 def _check_options(section, registry_key: str, info: ValidationInfo) -> None:
@@ -79,6 +94,12 @@ class DataConfig(Section):
     standardize: bool | Literal["per_feature", "per_channel"] = True
     seed: int | None = None  # None: use trainer.seed
     augment: AugmentConfig | None = None
+    missing: MissingConfig | None = None  # None: a missing value is an error
+
+    @field_validator("missing", mode="before")
+    @classmethod
+    def _missing_short_form(cls, value: Any) -> Any:
+        return {"strategy": value} if isinstance(value, str) else value  # `missing: mean`
 
     @field_validator("name")
     @classmethod
@@ -302,12 +323,83 @@ class OutputConfig(Section):
     checkpoint_interval: float = Field(30.0, ge=0, description="min seconds between epoch saves")
     monitor: str = "val/loss"
     mode: Mode = "auto"
+    # TensorBoard extras (docs/tracking.md): weight and gradient histograms every N optimizer
+    # steps (None or 0: off, as each costs a host copy of every parameter), and the model graph.
+    histogram_every: int | None = Field(None, ge=0)
+    tensorboard_graph: bool = True
+    # MLflow (optional extra): params, metrics and artifacts to a tracking store; the default
+    # store is sqlite:///<output.dir>/mlflow.db.
+    mlflow: bool = False
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "torchloom"
+
+
+DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
+
+
+def search_problems(space: dict) -> list[str]:
+    """Problems in a `search:` section (dotted config path -> one distribution), one line each.
+
+    A distribution is `{log_uniform: [low, high]}`, `{uniform: [low, high]}`, `{int: [low,
+    high]}` or `{choice: [value, ...]}`.
+    """
+    problems = []
+    for path, distribution in space.items():
+        where = f"search.{path}"
+        if not isinstance(distribution, dict) or len(distribution) != 1:
+            problems.append(
+                f"{where}: expected one distribution such as {{log_uniform: [1e-4, 1e-1]}}, "
+                f"{{uniform: [a, b]}}, {{int: [a, b]}} or {{choice: [...]}}; got {distribution!r}"
+            )
+            continue
+        ((kind, values),) = distribution.items()
+        if kind not in DISTRIBUTIONS:
+            problems.append(
+                f"{where}: unknown distribution '{kind}'.{did_you_mean(kind, DISTRIBUTIONS)} "
+                f"Known: {', '.join(DISTRIBUTIONS)}."
+            )
+        elif kind == "choice":
+            if not isinstance(values, list) or not values:
+                problems.append(f"{where}: choice expects a non-empty list, got {values!r}")
+        elif (
+            not isinstance(values, list)
+            or len(values) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ):
+            problems.append(f"{where}: {kind} expects [low, high] numbers, got {values!r}")
+        elif kind == "int" and not all(isinstance(v, int) for v in values):
+            problems.append(f"{where}: int expects [low, high] integers, got {values!r}")
+        elif not values[0] < values[1]:
+            problems.append(f"{where}: {kind} expects low < high, got {values!r}")
+        elif kind == "log_uniform" and values[0] <= 0:
+            problems.append(f"{where}: log_uniform expects low > 0, got {values!r}")
+    return problems
+
+
+class TransferConfig(Section):
+    """Start from pretrained weights: `{source: RUN_DIR, freeze: ["features.*"], backbone_lr:
+    1e-4}` (see torchloom/transfer.py)."""
+
+    source: str | None = Field(
+        None, description="a run directory, a .safetensors file, or imagenet (mobilenet_v2)"
+    )
+    freeze: list[str] = Field(default_factory=list, description="parameter-name patterns")
+    backbone_lr: float | None = Field(None, gt=0, description="learning rate of loaded layers")
+
+    @model_validator(mode="after")
+    def _backbone_needs_source(self) -> TransferConfig:
+        if self.backbone_lr is not None and not self.source:
+            raise ValueError("backbone_lr needs a source: the loaded layers are the backbone")
+        return self
 
 
 class Config(Section):
     """A whole run. Every field has a default: an empty config trains the MLP on digits."""
 
     task: Task | None = None
+    # The task's own options, e.g. {tune_thresholds: true} (multilabel) or
+    # {threshold_rule: best_f1} (anomaly); checked against the task's signature.
+    task_options: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     init: InitConfig = InitConfig()
@@ -316,6 +408,26 @@ class Config(Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
+    transfer: TransferConfig = TransferConfig()
+    # `torchloom tune`'s search space: dotted config path -> distribution; `train` ignores it.
+    search: dict[str, Any] | None = None
+
+    @field_validator("search")
+    @classmethod
+    def _valid_space(cls, value: dict | None) -> dict | None:
+        problems = search_problems(value or {})
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+    @field_validator("task_options")
+    @classmethod
+    def _known_task_options(cls, value: dict, info: ValidationInfo) -> dict:
+        check = (info.context or {}).get("tasks_options")
+        problems = check(info.data.get("task"), value) if check is not None else []
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
 
 
 def mode_for(monitor: str, mode: str) -> str:
@@ -477,4 +589,6 @@ def to_yaml(config: Config, replace: dict | None = None) -> str:
     """The resolved config as YAML, every default written out; `replace` swaps whole sections
     for what training resolved (the task, the data's split, the model's full options)."""
     data = {**config.model_dump(mode="json"), **(replace or {})}
+    if data.get("search") is None:
+        data.pop("search", None)  # only tuning configs carry a search space
     return yaml.safe_dump(data, sort_keys=False)

@@ -138,6 +138,16 @@ class Explanation:
         return Path(path)
 
 
+def refuse_text(run) -> None:
+    """Raise for a text run: token ids have no gradient, so attributions would have to go to
+    their embeddings, which is not implemented."""
+    if run.preprocess.tokenizer is not None:
+        raise TorchloomError(
+            "explain: text runs are not supported (attributions to token ids need attributions "
+            "to their embeddings, which torchloom does not compute yet). Use predict instead."
+        )
+
+
 def explain(
     run,
     inputs,
@@ -187,6 +197,7 @@ def explain(
         from torchloom.api import load_run
 
         run = load_run(run, data=False)
+    refuse_text(run)
     features = _model_inputs(run, inputs, preprocessed)
     model = run.model.eval()
     device = run.device
@@ -234,6 +245,12 @@ def _model_inputs(run, inputs, preprocessed: bool) -> np.ndarray:
                 "rows themselves."
             )
         return run.data.split(inputs).features.detach().cpu().numpy().astype(np.float32)
+    if run.preprocess.columns is not None and not preprocessed:
+        # Raw table rows (text, blanks): filled and encoded as training did; attributions are
+        # then per encoded feature (island=Biscoe, missing/sex, ...).
+        if hasattr(inputs, "columns"):
+            inputs = inputs[run.preprocess.input_columns].to_numpy(dtype=object)
+        return run.preprocess.transform(inputs)
     array = np.asarray(
         inputs.detach().cpu() if isinstance(inputs, torch.Tensor) else inputs, dtype=np.float32
     )

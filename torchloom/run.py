@@ -82,19 +82,41 @@ class Run:
         Args:
             features: (num_samples, num_features) array-like of raw values; images as
                 (num_samples, channels, height, width), (num_samples, height, width, channels)
-                or, for one channel, (num_samples, height, width).
-            preprocessed: the inputs are already scaled (skip the saved preprocessing).
+                or, for one channel, (num_samples, height, width); for text runs, raw strings
+                (a list, or one string), tokenized with the run's saved vocabulary.
+                Tables trained with text columns or `data.missing` also take raw rows (an
+                object array or a pandas DataFrame of the input columns) with blanks (NaN or
+                None), filled and encoded as training did.
+            preprocessed: the inputs are already scaled (skip the saved preprocessing); for
+                text, (num_samples, length) token ids.
 
         Returns:
             Classification: {"class": (n,) int, "probabilities": (n, num_classes)};
-            regression: {"value": (n, num_targets)}.
+            regression: {"value": (n, num_targets)}; multilabel: {"labels": (n, num_labels)
+            0/1 at the run's thresholds, "probabilities": (n, num_labels)}; anomaly:
+            {"score": (n,) reconstruction error, "anomaly": (n,) 0/1 at the saved threshold}.
         """
-        array = np.asarray(features, dtype=np.float32)
-        expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
-        # Images may come channels-last, without the channel axis, or as flat rows.
-        array = arrange_inputs(array, expected)
-        if not preprocessed:
-            array = self.preprocess.transform(array)
+        if self.preprocess.tokenizer is not None:
+            array = self._text_inputs(features, preprocessed)
+        elif self.preprocess.columns is not None and not preprocessed:
+            if hasattr(features, "columns"):  # a DataFrame: its input columns, by name
+                features = features[self.preprocess.input_columns].to_numpy(dtype=object)
+            array = self.preprocess.transform(features)  # fills, encodes, scales
+        else:
+            array = np.asarray(features, dtype=np.float32)
+            expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
+            # Images may come channels-last, without the channel axis, or as flat rows.
+            array = arrange_inputs(array, expected)
+            if not preprocessed:
+                array = self.preprocess.transform(array)
+            if array.ndim == 2 and np.isnan(array).any():
+                row, column = (int(i) for i in np.argwhere(np.isnan(array))[0])
+                raise DataError(
+                    f"missing value (NaN) in input row {row}, feature "
+                    f"'{self.preprocess.feature_names[column]}': this run was trained without "
+                    "data.missing, so it cannot fill it. Fill the value, or retrain with "
+                    "data.missing (e.g. mean)."
+                )
         inputs = torch.from_numpy(array).to(self.device)
         batch_size = self.config.trainer.batch_size
         self.model.eval()
@@ -106,7 +128,22 @@ class Run:
             outputs = tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
         else:
             outputs = torch.cat(chunks)
-        return {key: value.cpu().numpy() for key, value in self.task.predict(outputs).items()}
+        predictions = self.task.predict_batch(outputs, inputs)
+        return {key: value.cpu().numpy() for key, value in predictions.items()}
+
+    def _text_inputs(self, texts, preprocessed: bool) -> np.ndarray:
+        """(num_samples, max_len) token ids for raw strings, as training tokenized them."""
+        if preprocessed:
+            ids = np.asarray(texts)
+            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+                raise DataError(
+                    f"preprocessed text inputs: expected (num_samples, length) integer token ids, "
+                    f"got an array of {ids.dtype} with shape {ids.shape}."
+                )
+            return ids.astype(np.int64, copy=False)
+        if isinstance(texts, str):
+            texts = [texts]  # one text, not a sequence of characters
+        return self.preprocess.transform(list(texts))
 
     def sample(self, count: int, seed: int = 0, *, scaled: bool = False) -> np.ndarray:
         """`count` new samples from a generative run (vae, gan), in the data's own units.

@@ -37,7 +37,13 @@ __all__ = [
 
 @dataclass
 class Split:
-    """One split as tensors: features (num_samples, ...) float32, targets int64 or float32."""
+    """One split as tensors: features (num_samples, ...) float32, or for text (num_samples,
+    max_len) int64 token ids padded with 0; targets int64 or float32.
+
+    Anomaly data carries (num_samples, 1 + num_features) float32 targets: column 0 is the label
+    (1 anomaly, 0 normal), the rest the flattened preprocessed input, which an autoencoder's loss
+    reconstructs (see `torchloom.tasks.anomaly`).
+    """
 
     features: torch.Tensor
     targets: torch.Tensor
@@ -95,9 +101,12 @@ class Data:
 
     @property
     def num_outputs(self) -> int:
-        """Output units a model needs: one per class, or one per regression target."""
+        """Output units a model needs: one per class, regression target or label; for anomaly
+        detection one per input feature (an autoencoder's reconstruction)."""
         if self.task == "classification":
             return len(self.classes)
+        if self.task == "anomaly":
+            return self.num_features
         return 1 if self.train.targets.dim() == 1 else int(self.train.targets.shape[1])
 
     def split(self, name: str) -> Split:
@@ -149,15 +158,18 @@ def load(
     test: float = 0.2,
     seed: int = 0,
     standardize: bool | str = True,
+    missing: str | dict | None = None,
     **options,
 ) -> Data:
     """Load a built-in or file data source, split it, and fit preprocessing on train.
 
     Args:
         name: a source from `names()`: "digits", "iris", "wine", "breast_cancer", "diabetes",
-            "csv" (with `path=` and `target=`), or the image sources "fashion_mnist", "idx",
-            "mnist_5k", "cifar10", "image_folder", and the time series "sunspots", "nile",
-            "co2", "elnino", "series_csv" (see `torchloom.data.windows`).
+            "csv" (with `path=` and `target=`), the image sources "fashion_mnist", "idx",
+            "mnist_5k", "cifar10", "image_folder", the time series "sunspots", "nile", "co2",
+            "elnino", "series_csv" (see `torchloom.data.windows`), or the text sources
+            "rotten_tomatoes" and "text_csv" (raw text, tokenized with a vocabulary fitted on
+            train; never standardized).
         val, test: fractions of all samples held out for validation and test (time series hold
             out their last steps: a fraction below 1, or a whole count). Sources with an
             official test set (fashion_mnist, idx, cifar10) use it whenever `test` > 0, and
@@ -165,6 +177,10 @@ def load(
         seed: seeds the split.
         standardize: scale to zero mean and unit variance, fitted on train: per feature for
             tables, per channel for images; or "per_feature" / "per_channel"; False is off.
+        missing: what to do with missing values of a table (see `torchloom.data.missing`):
+            "drop", "mean", "median", "most_frequent", "learned", or a mapping
+            `{strategy, indicator, columns: {column: strategy}}`; None: a missing value is an
+            error.
         **options: the source's own options (e.g. `path`, `target` for "csv", `shape="image"`
             for "digits").
 
@@ -198,7 +214,9 @@ def load(
     if isinstance(table, Series):  # time series: a chronological split into windows
         data = split_series(table, val=val, test=test, standardize=standardize)
     else:
-        data = split_table(table, val=val, test=test, seed=seed, standardize=standardize)
+        data = split_table(
+            table, val=val, test=test, seed=seed, standardize=standardize, missing=missing
+        )
     source_options = {k: v for k, v in options.items() if k != "task"}
     data.spec = {
         "name": name,
@@ -206,7 +224,8 @@ def load(
         "val": val,
         "test": test,
         "seed": seed,
-        "standardize": standardize,
+        "standardize": standardize if data.preprocess.tokenizer is None else False,
+        **({"missing": missing} if missing is not None else {}),
     }
     return data
 
@@ -227,12 +246,14 @@ def from_arrays(
     Args:
         features: (num_samples, ...) array-like of numbers.
         targets: (num_samples,) class indices, or (num_samples,) / (num_samples, k) floats.
-        task: "classification" or "regression"; inferred when None (integer targets are classes).
+        task: "classification", "regression", "multilabel" ((num_samples, num_labels) 0/1
+            targets) or "anomaly" ((num_samples,) 0/1 targets, 1 = anomaly); inferred when
+            None (integer targets are classes).
         val, test: held-out fractions (0 keeps everything for training).
         seed: seeds the split.
         standardize: fit a scaler on the training split (off by default: your arrays, your
             preprocessing).
-        classes: class names in index order; default "0", "1", ...
+        classes: class names in index order (label names for multilabel); default "0", "1", ...
     """
     features = _to_numpy(features, "features")
     targets = _to_numpy(targets, "targets")
@@ -279,8 +300,15 @@ def from_arrays(
     elif task == "regression":
         targets = targets.astype(np.float32).reshape(len(targets), -1)
         classes = None
+    elif task in ("multilabel", "anomaly"):
+        from torchloom.data.multilabel_anomaly import binary_targets
+
+        targets, classes = binary_targets(targets, task, classes)
     else:
-        raise DataError(f"task: expected 'classification' or 'regression', got '{task}'.")
+        raise DataError(
+            f"task: expected 'classification', 'regression', 'multilabel' or 'anomaly', "
+            f"got '{task}'."
+        )
     shape = features.shape[1:]
     feature_names = [f"x{i}" for i in range(int(np.prod(shape)))]
     table = Table(features, targets, task, classes, feature_names, "arrays")
@@ -296,12 +324,29 @@ def from_arrays(
 
 
 def split_table(
-    table: Table, *, val: float, test: float, seed: int, standardize: bool | str
+    table: Table,
+    *,
+    val: float,
+    test: float,
+    seed: int,
+    standardize: bool | str,
+    missing: str | dict | None = None,
 ) -> Data:
     """Split a table (stratified for classes), fit preprocessing on train, make tensors.
 
-    A table with an official test set (`table.test_start`) keeps it as the test split."""
+    A table with an official test set (`table.test_start`) keeps it as the test split.
+    Multilabel tables are split at random (seeded, not stratified: label sets are too many to
+    stratify on). Anomaly tables are stratified by label, then the training split keeps only its
+    normal rows: the autoencoder and the scaler learn what normal looks like, while val and test
+    keep both kinds to measure how well anomalies are told apart. Missing
+    values and text columns go through `torchloom.data.missing` (fitted on train only)."""
     from sklearn.model_selection import train_test_split
+
+    from torchloom.data import missing as missing_module
+
+    missing_spec = missing_module.parse_missing(missing)
+    columns_step = missing_spec is not None or bool(table.categorical)
+    table, dropped = missing_module.drop_missing_rows(table, missing_spec)
 
     for label, fraction in (("val", val), ("test", test)):
         if not 0 <= fraction < 1:
@@ -317,12 +362,23 @@ def split_table(
     num_samples = len(table.features)
     if num_samples == 0:
         raise DataError(f"data '{table.name}' is empty: no samples to train on.")
-    if not np.issubdtype(table.features.dtype, np.integer):  # raw pixels are never NaN or inf
+    # Raw pixels are never NaN or inf; text (strings) has its own checks; text columns of a
+    # table are checked by `missing` after encoding.
+    if table.tokenizer is None and not np.issubdtype(table.features.dtype, np.integer):
         flat = table.features.reshape(num_samples, -1)
         checks = (
-            (np.isnan, "missing value (NaN)", "at row {row}. Fill or drop missing values"),
+            (
+                missing_module.is_missing,
+                "missing value (NaN)",
+                "at row {row}. Set data.missing (e.g. data.missing: mean; also drop, median, "
+                "most_frequent, learned) or fill or drop missing values",
+            ),
             (np.isinf, "infinite value", "at row {row}. Replace or clip it"),
         )
+        if flat.dtype == object:
+            checks = checks[:1]  # text columns: inf is looked for after encoding
+        if missing_spec is not None:
+            checks = checks[1:]
         for is_bad, what, advice in checks:
             bad = is_bad(flat)
             if bad.any():
@@ -332,7 +388,7 @@ def split_table(
                     f"{advice.format(row=row)} before training."
                 )
     index = np.arange(num_samples)
-    stratify = table.task == "classification"
+    stratify = table.task in ("classification", "anomaly")
 
     def hold_out(pool: np.ndarray, size: float, name: str) -> tuple[np.ndarray, np.ndarray]:
         if size == 0:
@@ -367,15 +423,31 @@ def split_table(
                 f"at least 2 are needed to measure anything. Use more data or set "
                 f"data.{name}: 0."
             )
+    if table.task == "anomaly":
+        train_index = train_index[table.targets[train_index] == 0]  # normal rows only
     preprocess = Preprocess(table.feature_names, table.classes, table.task)
-    preprocess.fit(table.features[train_index], standardize)
+    train_features = table.features[train_index]
+    if table.tokenizer is not None:  # the vocabulary, from the training texts only
+        preprocess.fit_tokenizer(train_features, table.tokenizer)
+    else:
+        if columns_step:  # fills and encodings fitted on train, applied before scaling
+            train_features = missing_module.fit_columns(
+                preprocess, table, train_features, missing_spec, seed
+            )
+            preprocess.extra.update({"dropped_rows": dropped} if dropped else {})
+        preprocess.fit(train_features, standardize)
 
     def make(rows: np.ndarray) -> Split | None:
         if len(rows) == 0:
             return None
         rows = np.sort(rows)  # keep the source order inside a split; shuffling is the loader's
         features = torch.from_numpy(preprocess.transform(table.features[rows]))
-        return Split(features, torch.from_numpy(np.ascontiguousarray(table.targets[rows])))
+        if columns_step:  # text columns were not checked for inf before encoding
+            missing_module.check_finite(features, preprocess.feature_names, table.name, rows)
+        targets = torch.from_numpy(np.ascontiguousarray(table.targets[rows]))
+        if table.task == "anomaly":  # (n, 1 + num_features): the label, then what to rebuild
+            targets = torch.cat([targets.float()[:, None], features.reshape(len(rows), -1)], 1)
+        return Split(features, targets)
 
     train = make(train_index)
     if train is None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from torchloom.data.missing import ColumnPrep
 from torchloom.errors import DataError
+
+if TYPE_CHECKING:
+    from torchloom.data.text import Tokenizer
 
 
 @dataclass
@@ -21,6 +26,13 @@ class Preprocess:
             channel (see `per`); None when off.
         per: "feature" (tables) or "channel" (images: one mean and std per color channel, over
             every pixel of the training images).
+        tokenizer: for text, the vocabulary fitted on the training split (see
+            `torchloom.data.text`); `transform` then turns raw strings into token ids. None for
+            numbers.
+        columns: the fitted missing-value fills and category encodings that turn raw table rows
+            (text, blanks) into the model's features, applied before scaling; None when the
+            table needed none. `feature_names` then names the encoded features and
+            `input_columns` the raw columns prediction reads.
     """
 
     feature_names: list[str]
@@ -30,6 +42,27 @@ class Preprocess:
     std: list[float] | None = None
     extra: dict = field(default_factory=dict)
     per: str = "feature"
+    tokenizer: Tokenizer | None = None
+    columns: ColumnPrep | None = None
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Entries in the text vocabulary (`<pad>` and `<unk>` included); None for numbers."""
+        return None if self.tokenizer is None else len(self.tokenizer.vocabulary)
+
+    def fit_tokenizer(self, train_texts: np.ndarray, options: dict) -> Preprocess:
+        """Build the text vocabulary from the training texts only (options: min_freq, max_size,
+        max_len; see `torchloom.data.text.Tokenizer.fit`). Text is never standardized."""
+        from torchloom.data.text import Tokenizer
+
+        self.tokenizer = Tokenizer.fit(train_texts, **options)
+        self.mean = self.std = None
+        return self
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The raw columns prediction reads (before any encoding)."""
+        return self.feature_names if self.columns is None else self.columns.names
 
     def fit(self, train_features: np.ndarray, standardize: bool | str) -> Preprocess:
         """Fit the scaler on the training features only.
@@ -67,7 +100,13 @@ class Preprocess:
         return self
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Apply the fitted scaling; returns float32 of the same shape."""
+        """Apply the fitted fills and encodings (tables with `columns`), then the scaling;
+        returns float32 of the same shape ((num_samples, len(feature_names)) for `columns`).
+        For text: raw strings (num_samples,) in, (num_samples, max_len) int64 token ids out."""
+        if self.tokenizer is not None:
+            return self.tokenizer.encode(features)
+        if self.columns is not None:
+            features = self.columns.transform(features)
         features = np.asarray(features, dtype=np.float32)
         if self.mean is None:
             return features
@@ -83,6 +122,8 @@ class Preprocess:
         return ((flat - mean) / std).reshape(shape).astype(np.float32)
 
     def to_json(self) -> dict:
+        text = {} if self.tokenizer is None else {"text": self.tokenizer.to_json()}
+        missing = {} if self.columns is None else {"missing": self.columns.to_json()}
         return {
             "format": 1,
             "task": self.task,
@@ -92,11 +133,18 @@ class Preprocess:
             if self.mean is None
             else {"mean": self.mean, "std": self.std, "per": self.per},
             "extra": self.extra,
+            **text,
+            **missing,
         }
 
     @classmethod
     def from_json(cls, payload: dict) -> Preprocess:
         scale = payload.get("standardize") or {}
+        tokenizer = None
+        if payload.get("text") is not None:
+            from torchloom.data.text import Tokenizer
+
+            tokenizer = Tokenizer.from_json(payload["text"])
         return cls(
             feature_names=list(payload["feature_names"]),
             classes=payload.get("classes"),
@@ -105,6 +153,8 @@ class Preprocess:
             std=scale.get("std"),
             extra=payload.get("extra", {}),
             per=scale.get("per", "feature"),
+            tokenizer=tokenizer,
+            columns=ColumnPrep.from_json(payload["missing"]) if payload.get("missing") else None,
         )
 
 

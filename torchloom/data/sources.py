@@ -24,13 +24,19 @@ class Table:
             (num_samples, channels, height, width), raw pixel values (uint8 is kept as uint8 to
             save memory until preprocessing turns each split into float32).
         targets: (num_samples,) int64 class indices for classification, (num_samples, k) float32
-            for regression.
-        task: "classification" or "regression".
-        classes: class names in index order (classification), else None.
+            for regression, (num_samples, num_labels) 0/1 int64 for multilabel, (num_samples,)
+            int64 for anomaly (1 anomaly, 0 normal).
+        task: "classification", "regression", "multilabel" or "anomaly".
+        classes: class names in index order (classification), label names (multilabel),
+            ["normal", "anomaly"] (anomaly), else None.
         feature_names: one name per feature column.
         name: where the data came from, for messages and run names.
         test_start: rows from this index on are the source's official test set (Fashion-MNIST,
             CIFAR-10); None when the test split is drawn at random.
+        tokenizer: for text, whose features are raw strings (num_samples,): the tokenizer's
+            options (`min_freq`, `max_size`, `max_len`), fitted on the training split; else None.
+        categorical: names of text columns; `features` is then an object array (numbers, text,
+            NaN where missing) that `torchloom.data.missing` encodes, fitted on train.
     """
 
     features: np.ndarray
@@ -40,6 +46,8 @@ class Table:
     feature_names: list[str]
     name: str
     test_start: int | None = None
+    tokenizer: dict | None = None
+    categorical: list[str] | None = None
 
 
 def _from_sklearn(loader: Callable, name: str, task: str) -> Table:
@@ -107,7 +115,8 @@ def diabetes() -> Table:
 
 
 def csv(path: str | None = None, target: str | None = None, task: str | None = None) -> Table:
-    """A CSV file with a header row: every column but `target` is a numeric feature.
+    """A CSV file with a header row: every column but `target` is a feature (text columns are
+    categorical, one-hot encoded on the training split; blanks need `data.missing`).
 
     Args:
         path: the CSV file.
@@ -127,24 +136,32 @@ def csv(path: str | None = None, target: str | None = None, task: str | None = N
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path}: cannot be read as CSV ({first_line}).") from None
+    return _from_frame(frame, target, task, str(path))
+
+
+def _from_frame(frame, target: str, task: str | None, name: str) -> Table:
+    """A table from a pandas DataFrame: `target` is the label, every other column a feature.
+
+    Text (and category) columns become categorical features, kept raw in an object array for
+    `torchloom.data.missing` to encode on the training split; blanks stay NaN.
+    """
+    import pandas as pd
+
     if target not in frame.columns:
         from torchloom.errors import did_you_mean
 
         raise DataError(
-            f"{path}: no label column '{target}'.{did_you_mean(target, frame.columns)} "
+            f"{name}: no label column '{target}'.{did_you_mean(target, frame.columns)} "
             f"Columns: {', '.join(map(str, frame.columns))}."
         )
+    frame = frame.copy()
     label = frame.pop(target)
-    non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if non_numeric:
-        raise DataError(
-            f"{path}: feature column '{non_numeric[0]}' is not numeric. "
-            "Encode it as numbers or drop it from the file."
-        )
+    categorical = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if label.isna().any():
         row = int(np.flatnonzero(label.isna().to_numpy())[0])
-        raise DataError(f"{path}: label column '{target}' is empty in data row {row + 1}.")
-    features = frame.to_numpy(dtype=np.float32)
+        raise DataError(f"{name}: label column '{target}' is empty in data row {row + 1}.")
+    # (num_samples, num_columns): text and numbers as objects when any column holds text
+    features = frame.to_numpy(dtype=object if categorical else np.float32)
     if task is None:
         numeric_float = pd.api.types.is_float_dtype(label)
         task = "regression" if numeric_float else "classification"
@@ -160,11 +177,62 @@ def csv(path: str | None = None, target: str | None = None, task: str | None = N
             classes = [str(c) for c in classes_index]
         targets = codes.astype(np.int64)
     elif task == "regression":
+        if not pd.api.types.is_numeric_dtype(label):
+            raise DataError(
+                f"{name}: regression needs a numeric label column; '{target}' holds text. Use "
+                "task: classification or another target."
+            )
         targets = label.to_numpy(dtype=np.float32).reshape(-1, 1)
         classes = None
     else:
         raise DataError(f"data.task: expected 'classification' or 'regression', got '{task}'.")
-    return Table(features, targets, task, classes, [str(c) for c in frame.columns], str(path))
+    feature_names = [str(c) for c in frame.columns]
+    return Table(
+        features, targets, task, classes, feature_names, name, categorical=categorical or None
+    )
+
+
+def penguins(target: str = "species", task: str | None = None) -> Table:
+    """palmerpenguins: 344 penguins, measurements, island and sex (real missing values).
+
+    Args:
+        target: the label column ("species" by default; "sex", "island" or a measurement).
+        task: "classification" or "regression"; inferred from the target when None.
+    """
+    try:
+        from palmerpenguins import load_penguins
+    except ImportError:
+        raise DataError(
+            "data source 'penguins' needs palmerpenguins: pip install 'torchloom[tabular]'."
+        ) from None
+    return _from_frame(load_penguins(), target, task, "penguins")
+
+
+def cars(target: str = "Origin", task: str | None = None) -> Table:
+    """vega_datasets' cars: 406 cars from the 1970s and 80s (missing MPG and horsepower).
+
+    The car's name is dropped (nearly one per row) and the model year becomes a number.
+
+    Args:
+        target: the label column ("Origin" by default; e.g. "Miles_per_Gallon" for regression).
+        task: "classification" or "regression"; inferred from the target when None.
+    """
+    try:
+        from vega_datasets import data
+    except ImportError:
+        raise DataError(
+            "data source 'cars' needs vega_datasets: pip install 'torchloom[tabular]'."
+        ) from None
+    import warnings
+
+    with warnings.catch_warnings():  # vega_datasets passes a read_json option pandas 3 deprecates
+        warnings.filterwarnings("ignore", message=".*convert_dates", category=Warning)
+        frame = data.cars()  # the local copy bundled with the package: no download
+    frame = frame.drop(columns=["Name"])
+    frame["Year"] = frame["Year"].dt.year
+    if target in ("Miles_per_Gallon", "Horsepower"):
+        frame = frame[frame[target].notna()]  # a missing label cannot be learned from
+    return _from_frame(frame.reset_index(drop=True), target, task, "cars")
 
 
 # Image sources live in their own modules; they build `Table`s, so they are imported here, after
@@ -176,7 +244,9 @@ from torchloom.data.images import (  # noqa: E402
     image_folder,
     mnist_5k,
 )
+from torchloom.data.multilabel_anomaly import digits_anomaly, shuttle, yeast  # noqa: E402
 from torchloom.data.series import SERIES_SOURCES  # noqa: E402
+from torchloom.data.text import rotten_tomatoes, text_csv  # noqa: E402
 
 SOURCES: dict[str, Callable[..., Table]] = {
     "digits": digits,
@@ -185,10 +255,17 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "breast_cancer": breast_cancer,
     "diabetes": diabetes,
     "csv": csv,
+    "penguins": penguins,
+    "cars": cars,
     "fashion_mnist": fashion_mnist,
     "idx": idx,
     "mnist_5k": mnist_5k,
     "cifar10": cifar10,
     "image_folder": image_folder,
+    "yeast": yeast,
+    "shuttle": shuttle,
+    "digits_anomaly": digits_anomaly,
     **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
+    "rotten_tomatoes": rotten_tomatoes,
+    "text_csv": text_csv,
 }

@@ -36,30 +36,33 @@ def run_facts(run) -> dict:
     if data is None:
         return {}
     train = _subset(data.train, MAX_ROWS)
+    vocab_size = run.preprocess.vocab_size  # text: token ids, whose "scale" means nothing
     features = train.features.detach().cpu().reshape(len(train), -1).double().numpy()
     facts: dict = {
         "task": run.task.name,
         "splits": {name: _size(getattr(data, name)) for name in ("train", "val", "test")},
         "input_shape": list(data.train.features.shape[1:]),
-        "features": feature_scales(features, run.preprocess.feature_names),
         "standardized": run.preprocess.mean is not None,
         "duplicates": duplicates(data),
         "train_metrics": _headline(run.evaluate(train)),
     }
+    if vocab_size is None:
+        facts["features"] = feature_scales(features, run.preprocess.feature_names)
     if run.task.name == "classification":
         facts["classes"] = class_facts(data, run.task.num_outputs)
     else:
         targets = data.train.targets.detach().cpu().double().numpy()
         facts["targets"] = {"mean": float(targets.mean()), "std": float(targets.std())}
-    facts["baseline"] = (
-        linear_baseline(
-            run.task.name,
-            _subset(train, MAX_BASELINE_ROWS),
-            data.val and _subset(data.val, MAX_ROWS),
+    baseline_train = _subset(train, MAX_BASELINE_ROWS)
+    baseline_val = data.val and _subset(data.val, MAX_ROWS)
+    if not run.task.uses_targets:  # a VAE or GAN has no targets for a baseline to predict
+        facts["baseline"] = None
+    elif vocab_size is None:
+        facts["baseline"] = linear_baseline(run.task.name, baseline_train, baseline_val)
+    else:
+        facts["baseline"] = word_count_baseline(
+            run.task.name, baseline_train, baseline_val, vocab_size
         )
-        if run.task.uses_targets  # a VAE or GAN has no targets for a linear model to predict
-        else None
-    )
     return facts
 
 
@@ -147,8 +150,11 @@ def linear_baseline(task: str, train: Split, val: Split | None) -> dict | None:
     """A plain linear model's scores on train and val: what any network should at least match.
 
     Classification: logistic regression (accuracy); regression: least squares (R²). None when the
-    input is too wide to fit one quickly.
+    input is too wide to fit one quickly, and for tasks without a linear counterpart here
+    (multilabel, anomaly).
     """
+    if task not in ("classification", "regression"):
+        return None
     x = train.features.detach().cpu().reshape(len(train), -1).double().numpy()
     if x.shape[1] > MAX_BASELINE_FEATURES:
         return None
@@ -170,4 +176,41 @@ def linear_baseline(task: str, train: Split, val: Split | None) -> dict | None:
     if val is not None and len(val):
         val_x = val.features.detach().cpu().reshape(len(val), -1).double().numpy()
         scores["val"] = float(model.score(val_x, val.targets.detach().cpu().numpy()))
+    return scores
+
+
+def word_count_baseline(task: str, train: Split, val: Split | None, vocab_size: int) -> dict | None:
+    """Logistic regression on word counts (a bag of words) for text classification: what a
+    text network should at least match. None for other tasks or a single class.
+
+    Args:
+        train, val: splits of (num_samples, length) token ids, 0 for padding.
+        vocab_size: the vocabulary's size (the number of count columns).
+    """
+    from scipy.sparse import csr_matrix
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    y = train.targets.detach().cpu().numpy()
+    if task != "classification" or len(np.unique(y)) < 2:
+        return None
+
+    def counts(split: Split) -> csr_matrix:
+        ids = split.features.detach().cpu().numpy()
+        rows, positions = np.nonzero(ids)  # padding (id 0) is no word
+        values = np.ones(len(rows))
+        # Duplicate (row, id) pairs are summed: the matrix holds each word's count per text.
+        return csr_matrix((values, (rows, ids[rows, positions])), shape=(len(ids), vocab_size))
+
+    model = LogisticRegression(max_iter=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(counts(train), y)
+    scores = {
+        "name": "logistic regression on word counts",
+        "metric": "accuracy",
+        "train": float(model.score(counts(train), y)),
+    }
+    if val is not None and len(val):
+        scores["val"] = float(model.score(counts(val), val.targets.detach().cpu().numpy()))
     return scores

@@ -1,7 +1,7 @@
 """The model zoo: plain `nn.Module` builders in a registry, plus sizing from the data.
 
     model = torchloom.models.build("mlp", hidden=[128, 64])   # sizes come from the data in fit
-    torchloom.models.names()      # ['convnet', 'layers', 'lenet', 'mlp', 'resnet']
+    torchloom.models.names()      # ['convnet', 'layers', 'lenet', 'mlp', 'resnet', 'text_bag', ...]
 
 Adding a model is one builder function plus one line in `BUILDERS`. A builder takes keyword
 options and may take `in_features` and `num_outputs`; left out, they are inferred from the data.
@@ -17,11 +17,14 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.models.autoencoder import autoencoder, autoencoder_problems, conv_autoencoder
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.generative import conv_vae, dcgan, gan, generative_problems, vae
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
+from torchloom.models.mobilenet import mobilenet_v2
 from torchloom.models.recurrent import gru, lstm, recurrent_problems, rnn
+from torchloom.models.text import set_vocab_size, text_bag, text_problems, text_rnn
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -29,6 +32,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "convnet": convnet,
     "resnet": resnet,
+    "mobilenet_v2": mobilenet_v2,
     "rnn": rnn,
     "lstm": lstm,
     "gru": gru,
@@ -36,6 +40,10 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "conv_vae": conv_vae,
     "gan": gan,
     "dcgan": dcgan,
+    "text_rnn": text_rnn,
+    "text_bag": text_bag,
+    "autoencoder": autoencoder,
+    "conv_autoencoder": conv_autoencoder,
 }
 
 # Checks of a builder's option values that can run before anything is built.
@@ -48,6 +56,10 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "lstm": recurrent_problems,
     "gru": recurrent_problems,
     **dict.fromkeys(("vae", "conv_vae", "gan", "dcgan"), generative_problems),
+    "text_rnn": lambda options: text_problems(options, hidden_list=False),
+    "text_bag": lambda options: text_problems(options, hidden_list=True),
+    "autoencoder": autoencoder_problems,
+    "conv_autoencoder": autoencoder_problems,
 }
 
 __all__ = ["BUILDERS", "build", "materialize", "names", "option_problems", "summary"]
@@ -99,13 +111,20 @@ def build(name: str, **options) -> nn.Module:
     return model
 
 
-def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None) -> nn.Module:
+def materialize(
+    model: nn.Module,
+    example: torch.Tensor,
+    num_outputs: int | None,
+    vocab_size: int | None = None,
+) -> nn.Module:
     """Size the model's lazy layers from one example batch, then check its output width.
 
     Args:
         model: any `nn.Module`; torchloom's lazy layers get their sizes here.
         example: a (batch, ...) batch of real inputs on the model's device.
         num_outputs: the units the task needs (classes, targets); None skips the check.
+        vocab_size: for text data, the vocabulary's size, which sizes the text models'
+            embeddings; None for numeric data.
 
     If the model has lazy layers, every layer is then initialized from the current RNG state,
     so a zoo model's weights follow the run's seed, not the moment it was built.
@@ -115,6 +134,8 @@ def materialize(model: nn.Module, example: torch.Tensor, num_outputs: int | None
     """
     if num_outputs is not None:
         set_num_outputs(model, num_outputs)
+    if vocab_size is not None:
+        set_vocab_size(model, vocab_size)
     lazy = any(is_lazy(p) for p in model.parameters())
     was_training = model.training
     model.eval()  # a dry run must not move batch-norm statistics

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
-from torchloom.errors import lookup
+from torchloom.errors import ConfigError, lookup
+from torchloom.tasks.anomaly import Anomaly
 from torchloom.tasks.base import Task
 from torchloom.tasks.classification import Classification
 from torchloom.tasks.forecast import Forecast
 from torchloom.tasks.gan import Adversarial
+from torchloom.tasks.multilabel import Multilabel
 from torchloom.tasks.regression import Regression
 from torchloom.tasks.vae import VariationalAutoencoder
 
@@ -19,6 +21,8 @@ TASKS: dict[str, type[Task]] = {
     "forecast": Forecast,
     "vae": VariationalAutoencoder,
     "gan": Adversarial,
+    "multilabel": Multilabel,
+    "anomaly": Anomaly,
 }
 
 
@@ -30,10 +34,44 @@ def make_task(name: str, **options) -> Task:
 __all__ = [
     "TASKS",
     "Adversarial",
+    "Anomaly",
     "Classification",
     "Forecast",
+    "Multilabel",
     "Regression",
     "Task",
     "VariationalAutoencoder",
     "make_task",
+    "option_problems",
 ]
+
+
+def option_problems(name: str | None, options: dict) -> list[str]:
+    """Options that task `name` does not take (any task's options when `name` is None: the
+    data decides the task), one line each with the closest known option."""
+    import inspect
+
+    from torchloom.errors import did_you_mean
+
+    tasks = [TASKS[name]] if name in TASKS else list(TASKS.values())
+    known = sorted(
+        {
+            option
+            for task in tasks
+            for option in inspect.signature(task.__init__).parameters
+            if option not in ("self", "num_outputs", "classes", "preprocess")
+        }
+    )
+    where = f"task '{name}'" if name in TASKS else "any task"
+    problems = [
+        f"task_options.{key}: {where} has no option '{key}'.{did_you_mean(key, known)} "
+        f"Options: {', '.join(known) or 'none'}."
+        for key in options
+        if key not in known
+    ]
+    if not problems and name in TASKS:
+        try:  # the task checks its option values when made; do it now, before any data loads
+            TASKS[name](1, None, **options)
+        except ConfigError as error:
+            problems = error.problems
+    return problems

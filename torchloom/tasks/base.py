@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
@@ -77,3 +78,49 @@ class Task:
     def callbacks(self, run_dir, data) -> list:
         """Callbacks this task adds to a run that writes `run_dir` (a GAN's sample grids)."""
         return []
+
+    # --- optional hooks: the defaults suit tasks whose loss compares outputs with targets -----
+
+    def predict_batch(self, outputs: torch.Tensor, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions for one batch, given its inputs too (an autoencoder scores how well it
+        rebuilt them); by default `predict(outputs)`."""
+        return self.predict(outputs)
+
+    def wrap_loss(self, loss_fn: nn.Module) -> nn.Module:
+        """The training loss built from the configured one; by default the loss itself."""
+        return loss_fn
+
+    def check_data(self, data) -> None:
+        """Raise when `data` (a `Data`) lacks what the task needs, before anything trains."""
+
+    def calibrate(self, model: nn.Module, data, batch_size: int) -> None:
+        """Fit what the task decides after training (thresholds) on `data`'s splits."""
+
+    def state(self) -> dict:
+        """What `calibrate` learned, as JSON, saved in a run as task.json ({} when nothing)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what `state()` returned."""
+
+
+def outputs_of(model: nn.Module, features: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's outputs for every row of `features`, in eval mode, batch by batch.
+
+    Args:
+        model: the trained model (left in the mode it was in).
+        features: (num_samples, ...) inputs on the model's device.
+        batch_size: rows per forward pass.
+
+    Returns:
+        (num_samples, num_outputs) float32 outputs.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = [
+            model(features[start : start + batch_size]).float()
+            for start in range(0, len(features), batch_size)
+        ]
+    model.train(was_training)
+    return torch.cat(outputs)

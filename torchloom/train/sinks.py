@@ -84,10 +84,21 @@ class CsvSink(Callback):
 
 
 class TensorBoardSink(Callback):
-    """Writes every logged scalar to TensorBoard event files in the run directory."""
+    """Writes every logged scalar to TensorBoard event files in the run directory; also the
+    model graph once, and weight/gradient histograms every `histogram_every` optimizer steps.
 
-    def __init__(self, log_dir: str | Path):
+    Args:
+        log_dir: where the event files go (the run directory).
+        histogram_every: optimizer steps between histograms of every parameter and its gradient;
+            None or 0: none (each one copies every parameter to the host).
+        graph: trace the model on two training samples at the start and log its graph. A model
+            that cannot be traced gets a warning, and training goes on.
+    """
+
+    def __init__(self, log_dir: str | Path, histogram_every: int | None = None, graph: bool = True):
         self.log_dir = str(log_dir)
+        self.histogram_every = histogram_every or 0
+        self.graph = graph
         self.writer = None
 
     def on_fit_start(self, state: TrainState) -> None:
@@ -96,11 +107,41 @@ class TensorBoardSink(Callback):
         # On resume, TensorBoard drops what an earlier process logged after the checkpoint.
         purge = state.step + 1 if state.step > 0 else None
         self.writer = SummaryWriter(self.log_dir, purge_step=purge)
+        if self.graph and state.step == 0 and state.loader is not None:
+            self.add_graph(state.model, state.loader.features[:2])
+
+    def add_graph(self, model, example) -> None:
+        """Trace `model` on `example` (2, ...) in eval mode: no dropout draw moves the RNG and
+        no batch-norm statistic changes, so the run stays what it would be without a graph."""
+        import warnings
+
+        was_training = model.training
+        model.eval()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's notes about Python control flow
+                self.writer.add_graph(model, example)
+        except Exception as error:  # any model the tracer cannot follow: no graph, same run
+            warnings.warn(
+                f"TensorBoard: the model graph was not logged: {type(model).__name__} cannot be "
+                f"traced ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Set "
+                "output.tensorboard_graph: false to skip it.",
+                stacklevel=2,
+            )
+        finally:
+            model.train(was_training)
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.step_logs is not None:
             for key, value in state.step_logs.items():
                 self.writer.add_scalar(f"step/{key}", value, state.step)
+        if self.histogram_every and state.step % self.histogram_every == 0:
+            # After the step: the weights it produced and the (unscaled) gradients it used,
+            # which stay in .grad until the next step's zero_grad.
+            for name, parameter in state.model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", parameter.detach(), state.step)
+                if parameter.grad is not None:
+                    self.writer.add_histogram(f"gradients/{name}", parameter.grad, state.step)
 
     def on_epoch_end(self, state: TrainState) -> None:
         # Every scalar's x axis is the optimizer step, so a resume can purge by step. The
