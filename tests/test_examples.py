@@ -46,5 +46,8 @@ def test_example_trains_a_few_epochs(path, tmp_path):
         overrides.append(f"transfer.source={source.dir}")
     run = fit_config(path, overrides + SMALLER.get(path.name, []))
     assert len(run.history) == 3
-    assert run.history[-1]["train/loss"] < run.history[0]["train/loss"]
+    if run.task.name == "gan":  # two players: the discriminator's loss rises as G improves
+        assert all(0 < epoch["train/loss"] < 10 for epoch in run.history)
+    else:
+        assert run.history[-1]["train/loss"] < run.history[0]["train/loss"]
     assert set(run.evaluate("test")) >= {"loss"}

@@ -352,6 +352,7 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
         val_every_steps=trainer.val_every_steps,
         skip_nonfinite=trainer.nonfinite == "skip",
         all_reduce=world.all_reduce,  # returns its input in a single process
+        train_step=task.train_step,  # None unless the task steps itself (gan)
     )
     if world.active:
         _announce(world, trainer.batch_size, device)
@@ -408,6 +409,8 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
         skip_nonfinite=parts.skip_nonfinite,
     )
     state.callbacks = _built_in_callbacks(config, run_dir, monitor, world.is_main)
+    if run_dir is not None:
+        state.callbacks += task.callbacks(run_dir, data_on_device)  # a GAN's sample grids
     state.callbacks += list(callbacks)
     if checkpoint is not None:
         restore(state, checkpoint)  # RNG states last: nothing below draws random numbers
@@ -485,10 +488,12 @@ def prepare(
     world = world or World()
     trainer = config.trainer
     task = _task_for(config, data)
-    data_on_device = data.to(device)
+    _check_own_step(task, config, world)
+    data_on_device = task.prepare_data(data).to(device)
     model = model.to(device)
+    num_outputs = data.num_outputs if task.uses_targets else None  # generative: sized by inputs
     models.materialize(
-        model, data_on_device.train.features[:2], data.num_outputs, data.preprocess.vocab_size
+        model, data_on_device.train.features[:2], num_outputs, data.preprocess.vocab_size
     )
     init_module.initialize(model, **config.init.model_dump())
     parameters = model.parameters()
@@ -534,7 +539,7 @@ def _task_for(config: Config, data: Data):
     task_name = config.task or data.task
     if task_name not in TASKS:
         raise ConfigError([f"task: unknown task '{task_name}'"], source="config")
-    if config.task and config.task != data.task:
+    if config.task and config.task != data.task and TASKS[config.task].uses_targets:
         raise DataError(
             f"task: '{config.task}' was asked for, but the data '{data.name}' is {data.task} "
             "data. Remove task or change the data."
@@ -552,6 +557,32 @@ def _task_for(config: Config, data: Data):
             task.check_targets(split.targets, f"{data.name} {split_name} targets")
     task.check_data(data)
     return task
+
+
+def _check_own_step(task, config: Config, world: World) -> None:
+    """A task that steps the optimizer itself (gan) cannot take the options the inline step
+    implements; say so before training."""
+    if task.train_step is None:
+        return
+    trainer = config.trainer
+    unsupported = {
+        "trainer.accumulate": trainer.accumulate != 1,
+        "trainer.precision: fp16": trainer.precision == "fp16",
+        "trainer.nonfinite: skip": trainer.nonfinite == "skip",
+        "trainer.clip_norm": trainer.clip_norm is not None,
+        "trainer.clip_value": trainer.clip_value is not None,
+        "trainer.compile": trainer.compile,
+        "torchrun (several processes)": world.size > 1,
+    }
+    chosen = [name for name, used in unsupported.items() if used]
+    if chosen:
+        raise ConfigError(
+            [
+                f"{chosen[0]}: task '{task.name}' runs its own training step, which does not "
+                "support it. Remove it from the config."
+            ],
+            source="config",
+        )
 
 
 def _check_monitors(config: Config, task, data: Data) -> str:
@@ -771,12 +802,13 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
     # Text runs take token ids (0 is <pad>); others take floats.
     dtype = torch.float32 if preprocess.vocab_size is None else torch.int64
     example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)
-    models.materialize(model, example, preprocess.extra["num_outputs"], preprocess.vocab_size)
+    num_outputs = preprocess.extra["num_outputs"] if task.uses_targets else None
+    models.materialize(model, example, num_outputs, preprocess.vocab_size)
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
     model.eval()
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loss_fn = task.wrap_loss(loss_fn)
-    loaded_data = load_data(config) if data and has_source else None
+    loaded_data = task.prepare_data(load_data(config)) if data and has_source else None
     run = Run(
         model=model,
         task=task,

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "column; blank lines are skipped and the output repeats each text.",
     )
     predict.add_argument("run_dir", metavar="RUN_DIR")
-    predict.add_argument("input", metavar="INPUT")
+    predict.add_argument("input", metavar="INPUT", nargs="?")
     predict.add_argument("-o", "--output", help="write a CSV here (default: print to stdout)")
     predict.add_argument(
         "--steps",
@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="forecasting runs: how many next values to forecast from the history in INPUT "
         "(a .csv, or a text file of numbers); default the run's horizon",
     )
+    predict.add_argument(
+        "--samples",
+        type=int,
+        help="generative runs (vae, gan): write N new samples instead of reading INPUT, as a CSV "
+        "of pixel values in the data's units (with -o, also a PNG grid beside it)",
+    )
+    predict.add_argument("--seed", type=int, default=0, help="seeds --samples (default 0)")
 
     finder = commands.add_parser(
         "lr-find",

@@ -38,6 +38,8 @@ def train(args: argparse.Namespace) -> int:
         console.print(f"run saved to [bold]{run.dir}[/bold]")
         console.print(f"  evaluate: torchloom evaluate {run.dir}")
         what = "TEXTS.txt (one a line, or - for stdin)" if run.preprocess.tokenizer else "INPUT.csv"
+        if not run.task.uses_targets:
+            what = "--samples 100 -o samples.csv"
         console.print(f"  predict:  torchloom predict {run.dir} {what}")
         if run.config.output.tensorboard:
             console.print(f"  curves:   tensorboard --logdir {run.dir.parent}")
@@ -61,6 +63,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     run = api.load_run(args.run_dir, data=False)
+    if args.samples is not None:
+        return write_samples(run, args.samples, args.seed, args.output)
+    if args.input is None:
+        raise TorchloomError("predict: give INPUT (a .csv or .npy file), or --samples N.")
     if run.task.name == "forecast":
         return forecast(run, Path(args.input), args.steps, args.output)
     if args.steps is not None:
@@ -104,6 +110,30 @@ def forecast(run, path: Path, steps: int | None, output: str | None) -> int:
         console.print(f"{len(frame)} forecast values written to {output}")
     else:
         frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def write_samples(run, count: int, seed: int, output: str | None) -> int:
+    """Write `count` generated samples as a CSV (one row each, one column per pixel or feature,
+    in the data's units); with an output path, also a PNG grid of them beside it."""
+    import pandas as pd
+
+    samples = run.sample(count, seed)  # (count, *input_shape)
+    flat = samples.reshape(count, -1)
+    names = run.preprocess.feature_names
+    columns = names if len(names) == flat.shape[1] else [f"x{i}" for i in range(flat.shape[1])]
+    frame = pd.DataFrame(flat, columns=columns)
+    if not output:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    import torch
+
+    from torchloom.io import atomic_write_text
+    from torchloom.tasks.generation import save_grid
+
+    atomic_write_text(output, frame.to_csv(index=False))
+    grid = save_grid(torch.from_numpy(samples), Path(output).with_suffix(".png"))
+    console.print(f"{count} samples written to {output}" + (f" and {grid}" if grid else ""))
     return 0
 
 

@@ -29,7 +29,7 @@ from pydantic import (
 
 from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
 
-Task = Literal["classification", "regression", "forecast", "multilabel", "anomaly"]
+Task = Literal["classification", "regression", "forecast", "multilabel", "anomaly", "vae", "gan"]
 Mode = Literal["auto", "min", "max"]
 
 

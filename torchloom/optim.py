@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.losses import ElboLoss, GanLoss
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -23,6 +24,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "l1": nn.L1Loss,
     "smooth_l1": nn.SmoothL1Loss,
     "bce_with_logits": nn.BCEWithLogitsLoss,
+    "elbo": ElboLoss,  # the vae task's default
+    "gan": GanLoss,  # the gan task's default (the discriminator's loss)
 }
 
 # Options a user may set per loss; tensors (class weights) are given as lists.
@@ -33,6 +36,8 @@ LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
     "l1": (),
     "smooth_l1": ("beta",),
     "bce_with_logits": ("pos_weight",),
+    "elbo": ("beta",),
+    "gan": (),
 }
 
 # Options every optimizer takes from torchloom rather than from its own signature.

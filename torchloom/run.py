@@ -121,16 +121,13 @@ class Run:
         batch_size = self.config.trainer.batch_size
         self.model.eval()
         with torch.no_grad():
-            outputs = (
-                torch.cat(
-                    [
-                        self.model(inputs[i : i + batch_size])
-                        for i in range(0, len(inputs), batch_size)
-                    ]
-                )
-                if len(inputs)
-                else self.model(inputs)
-            )
+            chunks = [
+                self.model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)
+            ] or [self.model(inputs)]
+        if isinstance(chunks[0], tuple):  # a VAE's (reconstruction, mean, log_variance)
+            outputs = tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+        else:
+            outputs = torch.cat(chunks)
         predictions = self.task.predict_batch(outputs, inputs)
         return {key: value.cpu().numpy() for key, value in predictions.items()}
 
@@ -150,6 +147,33 @@ class Run:
         if isinstance(texts, str):
             texts = [texts]  # one text, not a sequence of characters
         return self.preprocess.transform(list(texts))
+
+    def sample(self, count: int, seed: int = 0, *, scaled: bool = False) -> np.ndarray:
+        """`count` new samples from a generative run (vae, gan), in the data's own units.
+
+        Args:
+            count: how many samples (>= 1).
+            seed: seeds the noise, so the same seed gives the same samples.
+            scaled: return them in the standardized space the model works in.
+
+        Returns:
+            (count, *input_shape) float32, e.g. (count, 1, 8, 8) for digits as images.
+
+        Raises:
+            DataError: a run whose model does not generate, or a bad count.
+        """
+        if not hasattr(self.model, "sample"):
+            raise DataError(
+                f"sample: this is a {self.task.name} run with a model that does not generate; "
+                "train a vae or gan task."
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise DataError(f"sample: count must be a whole number >= 1, got {count!r}.")
+        from torchloom.tasks.generation import unscale
+
+        generator = torch.Generator().manual_seed(seed)
+        samples = self.model.sample(count, generator).float().cpu().numpy()
+        return samples if scaled else unscale(samples, self.preprocess)
 
     def __repr__(self) -> str:
         where = f" at {self.dir}" if self.dir else ""

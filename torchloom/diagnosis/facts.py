@@ -55,7 +55,9 @@ def run_facts(run) -> dict:
         facts["targets"] = {"mean": float(targets.mean()), "std": float(targets.std())}
     baseline_train = _subset(train, MAX_BASELINE_ROWS)
     baseline_val = data.val and _subset(data.val, MAX_ROWS)
-    if vocab_size is None:
+    if not run.task.uses_targets:  # a VAE or GAN has no targets for a baseline to predict
+        facts["baseline"] = None
+    elif vocab_size is None:
         facts["baseline"] = linear_baseline(run.task.name, baseline_train, baseline_val)
     else:
         facts["baseline"] = word_count_baseline(

@@ -19,6 +19,7 @@ from torch.nn.parameter import is_lazy
 from torchloom.errors import TorchloomError, did_you_mean, lookup
 from torchloom.models.autoencoder import autoencoder, autoencoder_problems, conv_autoencoder
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
+from torchloom.models.generative import conv_vae, dcgan, gan, generative_problems, vae
 from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
 from torchloom.models.mlp import mlp
 from torchloom.models.mobilenet import mobilenet_v2
@@ -35,6 +36,10 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "rnn": rnn,
     "lstm": lstm,
     "gru": gru,
+    "vae": vae,
+    "conv_vae": conv_vae,
+    "gan": gan,
+    "dcgan": dcgan,
     "text_rnn": text_rnn,
     "text_bag": text_bag,
     "autoencoder": autoencoder,
@@ -50,6 +55,7 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "rnn": recurrent_problems,
     "lstm": recurrent_problems,
     "gru": recurrent_problems,
+    **dict.fromkeys(("vae", "conv_vae", "gan", "dcgan"), generative_problems),
     "text_rnn": lambda options: text_problems(options, hidden_list=False),
     "text_bag": lambda options: text_problems(options, hidden_list=True),
     "autoencoder": autoencoder_problems,
@@ -141,7 +147,9 @@ def materialize(
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    if num_outputs is not None and output.dim() == 4:
+    if num_outputs is None:  # nothing to check (a generative model's outputs may be a tuple)
+        return model
+    if output.dim() == 4:
         raise TorchloomError(
             f"model gives image-shaped outputs {(-1, *output.shape[1:])} but the data needs "
             f"(batch, {num_outputs}). End the network with flatten (or global_avg_pool) and a "

@@ -10,13 +10,17 @@ from torchloom.tasks.anomaly import Anomaly
 from torchloom.tasks.base import Task
 from torchloom.tasks.classification import Classification
 from torchloom.tasks.forecast import Forecast
+from torchloom.tasks.gan import Adversarial
 from torchloom.tasks.multilabel import Multilabel
 from torchloom.tasks.regression import Regression
+from torchloom.tasks.vae import VariationalAutoencoder
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "regression": Regression,
     "forecast": Forecast,
+    "vae": VariationalAutoencoder,
+    "gan": Adversarial,
     "multilabel": Multilabel,
     "anomaly": Anomaly,
 }
@@ -29,12 +33,14 @@ def make_task(name: str, **options) -> Task:
 
 __all__ = [
     "TASKS",
+    "Adversarial",
     "Anomaly",
     "Classification",
     "Forecast",
     "Multilabel",
     "Regression",
     "Task",
+    "VariationalAutoencoder",
     "make_task",
     "option_problems",
 ]

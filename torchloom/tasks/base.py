@@ -23,6 +23,13 @@ class Task:
 
     name: str = ""
     default_loss: str = ""
+    # False for tasks that learn from the inputs alone (vae, gan): they take any data, whatever
+    # its targets, and the model is not sized to the targets.
+    uses_targets: bool = True
+    # A task may define `train_step(model, inputs, targets, state) -> loss` (the batch's loss,
+    # detached or not): the loop then calls it instead of its inline zero_grad/forward/backward/
+    # step (a GAN's two updates). Everything else (logs, callbacks, checkpoints) stays the same.
+    train_step = None
 
     def __init__(
         self,
@@ -63,6 +70,14 @@ class Task:
     def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Turn model outputs into predictions (e.g. classes and probabilities)."""
         raise NotImplementedError
+
+    def prepare_data(self, data):
+        """The data as this task trains on it (a VAE's targets are its inputs); default as is."""
+        return data
+
+    def callbacks(self, run_dir, data) -> list:
+        """Callbacks this task adds to a run that writes `run_dir` (a GAN's sample grids)."""
+        return []
 
     # --- optional hooks: the defaults suit tasks whose loss compares outputs with targets -----
 

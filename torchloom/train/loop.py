@@ -68,7 +68,9 @@ class Evaluator:
                 outputs = model(inputs)
                 # The loss is a batch mean; weight it by the batch's size for the split's mean.
                 total_loss += self.loss_fn(outputs, targets).float() * len(targets)
-                self.task.update_metrics(self.metrics, outputs.float(), targets, inputs)
+                if isinstance(outputs, torch.Tensor):  # a VAE's (reconstruction, mean, ...) stay
+                    outputs = outputs.float()
+                self.task.update_metrics(self.metrics, outputs, targets, inputs)
         model.train(was_training)
         if self.all_reduce is not None:
             total_loss = self.all_reduce(total_loss)
@@ -97,12 +99,16 @@ class LoopParts:
     val_every_steps: int | None = None
     skip_nonfinite: bool = False  # skip steps with NaN/inf loss or gradients (a sync per step)
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda totals: totals  # sums over ranks
+    # The task's own step `(model, inputs, targets, state) -> loss` (a GAN's two updates), used
+    # instead of the inline one; None for every other task.
+    train_step: Callable | None = None
 
 
 def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainState:
     """Train `state.model` with `state.optimizer` from `state.epoch` to `state.num_epochs`.
 
-    The step is written out: zero_grad, forward, loss, backward, step. With `accumulate` k, the
+    The step is written out: zero_grad, forward, loss, backward, step; a task with its own
+    `train_step` (a GAN) replaces just that part. With `accumulate` k, the
     gradients of k micro-batches add up before one optimizer step. The loss stays on the device;
     it reaches the host only every `log_every` optimizer steps and once per epoch. A resumed
     state (loader mid-epoch, partial epoch losses) continues exactly where it stopped.
@@ -143,26 +149,32 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
             state.epoch_losses = []
         batch_losses = state.epoch_losses
         for batch_index, (inputs, targets) in enumerate(loader, start=loader.position):
-            if batch_index % parts.accumulate == 0:
-                optimizer.zero_grad(set_to_none=True)
-            with parts.autocast():
-                outputs = parts.forward(inputs)  # (batch, num_outputs)
-                loss = parts.loss_fn(outputs, targets)  # the batch mean
-            weight = weights[batch_index]  # 1.0 unless accumulating
-            scaler.scale(loss if weight == 1.0 else loss * weight).backward()
-            batch_losses.append(loss.detach())
-            if (batch_index + 1) % parts.accumulate and batch_index != last_batch:
-                continue  # more micro-batches to add to this step's gradients
-            notify("on_after_backward", state)
-            log_now = (state.step + 1) % parts.log_every == 0
-            scaler.unscale_(optimizer)  # clip and log true gradients under fp16
-            grad_norm = parts.clip(parameters, want_norm=log_now or parts.skip_nonfinite)
-            if parts.skip_nonfinite and not skip_check(loss, grad_norm):  # opt-in: syncs
-                optimizer.zero_grad(set_to_none=True)
-                state.skipped_steps += 1
-                continue
-            scaler.step(optimizer)
-            scaler.update()
+            if parts.train_step is not None:  # the task steps the optimizer itself (a GAN)
+                loss = parts.train_step(model, inputs, targets, state)
+                batch_losses.append(loss.detach())
+                notify("on_after_backward", state)
+                log_now, grad_norm = (state.step + 1) % parts.log_every == 0, None
+            else:
+                if batch_index % parts.accumulate == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                with parts.autocast():
+                    outputs = parts.forward(inputs)  # (batch, num_outputs)
+                    loss = parts.loss_fn(outputs, targets)  # the batch mean
+                weight = weights[batch_index]  # 1.0 unless accumulating
+                scaler.scale(loss if weight == 1.0 else loss * weight).backward()
+                batch_losses.append(loss.detach())
+                if (batch_index + 1) % parts.accumulate and batch_index != last_batch:
+                    continue  # more micro-batches to add to this step's gradients
+                notify("on_after_backward", state)
+                log_now = (state.step + 1) % parts.log_every == 0
+                scaler.unscale_(optimizer)  # clip and log true gradients under fp16
+                grad_norm = parts.clip(parameters, want_norm=log_now or parts.skip_nonfinite)
+                if parts.skip_nonfinite and not skip_check(loss, grad_norm):  # opt-in: syncs
+                    optimizer.zero_grad(set_to_none=True)
+                    state.skipped_steps += 1
+                    continue
+                scaler.step(optimizer)
+                scaler.update()
             state.lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
             parts.schedule.after_step()
             state.step += 1
