@@ -60,7 +60,15 @@ def runs(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"runs in {args.root}")
     for column in ("name", "task", "model", "data", "epochs", "best", "seconds", "status"):
-        table.add_column(column, justify="right" if column in ("epochs", "seconds") else "left")
+        # Names (copied into other commands) and statuses stay whole; other columns shrink.
+        whole = {}
+        if column == "name":
+            whole = {"no_wrap": True, "min_width": max(len(row["name"]) for row in rows)}
+        elif column == "status":
+            whole = {"no_wrap": True, "min_width": max(len(row["status"]) for row in rows)}
+        table.add_column(
+            column, justify="right" if column in ("epochs", "seconds") else "left", **whole
+        )
     for row in rows:
         best = f"{row['monitor']} {number(row['best'])}" if row["best"] is not None else "-"
         seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
