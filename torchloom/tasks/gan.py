@@ -72,4 +72,4 @@ class Adversarial(Task):
     def callbacks(self, run_dir, data) -> list:
         from torchloom.tasks.generation import SampleGrids
 
-        return [SampleGrids(run_dir, every_epoch=True)]
+        return [SampleGrids(run_dir, every_epoch=True, preprocess=data.preprocess)]

@@ -90,21 +90,34 @@ class SampleGrids(Callback):
     `plots/reconstructions.png`: real validation inputs (odd rows) over their reconstructions
     (even rows)."""
 
-    def __init__(self, run_dir: Path, every_epoch: bool, inputs: torch.Tensor | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        every_epoch: bool,
+        inputs: torch.Tensor | None = None,
+        preprocess=None,
+    ):
         self.plots = Path(run_dir) / "plots"
         self.every_epoch = every_epoch
         self.inputs = inputs  # (count, ...) real samples to reconstruct, or None
+        self.preprocess = preprocess  # to draw pixels, not standardized values
+
+    def _pixels(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples in the data's own units: per-pixel standardization drawn as is would show
+        each pixel's scale (stripes), not the image."""
+        array = unscale(samples.detach().float().cpu().numpy(), self.preprocess)
+        return torch.from_numpy(np.ascontiguousarray(array))
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self.every_epoch:
-            samples = state.model.sample(100, grid_generator())
+            samples = self._pixels(state.model.sample(100, grid_generator()))
             save_grid(samples, self.plots / f"samples-epoch-{state.epoch + 1:03d}.png")
 
     def on_fit_end(self, state: TrainState) -> None:
         if state.stop_now:  # interrupted: the grids come when the resumed run ends
             return
         model = state.model
-        save_grid(model.sample(100, grid_generator()), self.plots / "samples.png")
+        save_grid(self._pixels(model.sample(100, grid_generator())), self.plots / "samples.png")
         if self.inputs is not None and len(self.inputs):
             was_training = model.training
             model.eval()
@@ -116,4 +129,4 @@ class SampleGrids(Callback):
             count = len(self.inputs) - len(self.inputs) % 10
             rows = pairs[:, :count].reshape(2, -1, 10, *self.inputs.shape[1:])
             interleaved = rows.transpose(0, 1).reshape(-1, *self.inputs.shape[1:])
-            save_grid(interleaved, self.plots / "reconstructions.png")
+            save_grid(self._pixels(interleaved), self.plots / "reconstructions.png")

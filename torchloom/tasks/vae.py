@@ -59,4 +59,5 @@ class VariationalAutoencoder(Task):
         from torchloom.tasks.generation import SampleGrids
 
         held_out = data.val or data.test or data.train
-        return [SampleGrids(run_dir, every_epoch=False, inputs=held_out.features[:50])]
+        inputs = held_out.features[:50]
+        return [SampleGrids(run_dir, every_epoch=False, inputs=inputs, preprocess=data.preprocess)]
