@@ -1,0 +1,266 @@
+"""From a config to the objects `fit` runs: the validation context, the data, the model sized
+and initialized, the loss, the optimizer, the loader, the task and the built-in callbacks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from torchloom import data as data_module
+from torchloom import init as init_module
+from torchloom import models, optim
+from torchloom import transfer as transfer_module
+from torchloom.config import Config, ConfigError
+from torchloom.data import Augment, BatchLoader, Data
+from torchloom.errors import DataError, did_you_mean
+from torchloom.tasks import TASKS, make_task
+from torchloom.tasks import option_problems as task_option_problems
+from torchloom.train.callbacks import (
+    Callback,
+    EarlyStopping,
+    History,
+    InterruptHandler,
+)
+from torchloom.train.checkpoint import Checkpoint
+from torchloom.train.diagnostics import DiagnosticsRecorder
+from torchloom.train.distributed import World
+from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
+from torchloom.train.step import (
+    SCHEDULERS,
+    scheduler_problems,
+)
+
+
+def registries() -> dict:
+    """The validation context: every registry a config may name, and the option checkers."""
+    return {
+        "data": data_module.names(),
+        "data_options": data_module.option_problems,
+        "series_data": data_module.series_names(),
+        "models": models.names(),
+        "models_options": models.option_problems,
+        "optimizers": list(optim.OPTIMIZERS),
+        "optimizers_options": lambda name, options: optim.option_problems(
+            "optimizer", name, options, "optimizer"
+        ),
+        "losses": list(optim.LOSSES),
+        "losses_options": lambda name, options: optim.option_problems(
+            "loss", name, options, "loss"
+        ),
+        "init": list(init_module.SCHEMES),
+        "schedulers": list(SCHEDULERS),
+        "schedulers_options": scheduler_problems,
+        "tasks_options": task_option_problems,
+    }
+
+
+def load_data(config: Config) -> Data:
+    """The data a config names, split and preprocessed with its seed."""
+    seed = config.trainer.seed if config.data.seed is None else config.data.seed
+    options = config.data.source_options()
+    if config.data.name == "csv" and config.task:
+        options["task"] = config.task
+    return data_module.load(
+        config.data.name,
+        val=config.data.val,
+        test=config.data.test,
+        seed=seed,
+        standardize=config.data.standardize,
+        **options,
+        **missing_option(config),
+    )
+
+
+def missing_option(config: Config) -> dict:
+    """`{"missing": ...}` as plain data for `data.load`, or {} when data.missing is unset."""
+    missing = config.data.missing
+    if missing is None:
+        return {}
+    return {"missing": missing.model_dump()}
+
+
+def prepare(
+    model: nn.Module, data: Data, config: Config, device: torch.device, world: World | None = None
+) -> tuple:
+    """Check the data against the task, size and initialize the model, build the loss, the
+    optimizer and the loader (this rank's share of each batch under torchrun). Returns (task,
+    data on device, model, loss, optimizer, loader)."""
+    world = world or World()
+    trainer = config.trainer
+    task = _task_for(config, data)
+    _check_own_step(task, config, world)
+    data_on_device = task.prepare_data(data).to(device)
+    model = model.to(device)
+    num_outputs = data.num_outputs if task.uses_targets else None  # generative: sized by inputs
+    models.materialize(
+        model, data_on_device.train.features[:2], num_outputs, data.preprocess.vocab_size
+    )
+    init_module.initialize(model, **config.init.model_dump())
+    parameters = model.parameters()
+    transfer = config.transfer
+    if transfer.source or transfer.freeze or transfer.backbone_lr:
+        loaded = transfer_module.apply(model, transfer.source, transfer.freeze)
+        parameters = transfer_module.parameter_groups(
+            model, loaded.loaded if loaded else [], transfer.backbone_lr
+        )
+    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_fn = task.wrap_loss(loss_fn).to(device)
+    optimizer = optim.make_optimizer(parameters, config.optimizer.name, **config.optimizer.options)
+    loader = BatchLoader(
+        data_on_device.train.features,
+        data_on_device.train.targets,
+        trainer.batch_size,
+        shuffle=trainer.shuffle,
+        seed=trainer.seed,
+        drop_last=trainer.drop_last,
+        augment=_augment_for(config, data),
+        rank=world.rank,
+        world_size=world.size,
+    )
+    if len(loader) == 0:
+        raise DataError(
+            f"trainer.batch_size {trainer.batch_size} with drop_last leaves no batch from "
+            f"{len(data.train)} training samples. Lower batch_size or set drop_last: false."
+        )
+    return task, data_on_device, model, loss_fn, optimizer, loader
+
+
+def _augment_for(config: Config, data: Data) -> Augment | None:
+    """The training-batch augmentation `data.augment` asks for, checked against the data."""
+    if config.data.augment is None:
+        return None
+    augment = Augment(**config.data.augment.model_dump(), seed=config.trainer.seed)
+    augment.check(data.input_shape, data.name)
+    return augment
+
+
+def _task_for(config: Config, data: Data):
+    """The task the config asks for (or the data implies), checked against the targets."""
+    task_name = config.task or data.task
+    if task_name not in TASKS:
+        raise ConfigError([f"task: unknown task '{task_name}'"], source="config")
+    if config.task and config.task != data.task and TASKS[config.task].uses_targets:
+        raise DataError(
+            f"task: '{config.task}' was asked for, but the data '{data.name}' is {data.task} "
+            "data. Remove task or change the data."
+        )
+    task = make_task(
+        task_name,
+        num_outputs=data.num_outputs,
+        classes=data.classes,
+        preprocess=data.preprocess,
+        **config.task_options,
+    )
+    for split_name in ("train", "val", "test"):
+        split = getattr(data, split_name)
+        if split is not None:
+            task.check_targets(split.targets, f"{data.name} {split_name} targets")
+    task.check_data(data)
+    return task
+
+
+def _check_own_step(task, config: Config, world: World) -> None:
+    """A task that steps the optimizer itself (gan) cannot take the options the inline step
+    implements; say so before training."""
+    if task.train_step is None:
+        return
+    trainer = config.trainer
+    unsupported = {
+        "trainer.accumulate": trainer.accumulate != 1,
+        "trainer.precision: fp16": trainer.precision == "fp16",
+        "trainer.nonfinite: skip": trainer.nonfinite == "skip",
+        "trainer.clip_norm": trainer.clip_norm is not None,
+        "trainer.clip_value": trainer.clip_value is not None,
+        "trainer.compile": trainer.compile,
+        "torchrun (several processes)": world.size > 1,
+    }
+    chosen = [name for name, used in unsupported.items() if used]
+    if chosen:
+        raise ConfigError(
+            [
+                f"{chosen[0]}: task '{task.name}' runs its own training step, which does not "
+                "support it. Remove it from the config."
+            ],
+            source="config",
+        )
+
+
+def check_monitors(config: Config, task, data: Data) -> str:
+    """Every metric name the config monitors must be logged; returns the checkpoint monitor."""
+    logged = {"train/loss", "lr"}
+    if data.val is not None:
+        logged |= {"val/loss", *(f"val/{name}" for name in task.metric_names())}
+    wanted = []
+    if config.trainer.early_stopping is not None:
+        wanted.append(("trainer.early_stopping.monitor", config.trainer.early_stopping.monitor))
+    if config.scheduler.name == "plateau":
+        wanted.append(("scheduler.monitor", config.scheduler.options.get("monitor", "val/loss")))
+    monitor = config.output.monitor
+    if data.val is None and monitor.startswith("val/"):
+        monitor = "train/loss"  # no validation split: the best checkpoint is by train loss
+    wanted.append(("output.monitor", monitor))
+    problems = [
+        f"{field}: '{name}' is not logged.{did_you_mean(name, logged)}"
+        f" Logged: {', '.join(sorted(logged))}."
+        for field, name in wanted
+        if name not in logged
+    ]
+    if problems:
+        raise ConfigError(problems, source="config")
+    return monitor
+
+
+def built_in_callbacks(
+    config: Config, run_dir: Path | None, monitor: str, main: bool = True
+) -> list[Callback]:
+    """The callbacks the config asks for; ranks other than 0 (`main` False) keep only those that
+    steer training (history, early stopping, interrupts), which decide alike on every rank."""
+    trainer, output = config.trainer, config.output
+    built_in: list[Callback] = [History()]
+    if trainer.early_stopping is not None:
+        built_in.append(EarlyStopping(**trainer.early_stopping.model_dump()))
+    checkpoint = None
+    if run_dir is not None:
+        jsonl = JsonlSink(run_dir / "metrics.jsonl")
+        built_in += [jsonl, CsvSink(run_dir / "metrics.csv")]
+        if output.tensorboard:
+            built_in.append(
+                TensorBoardSink(run_dir, output.histogram_every, graph=output.tensorboard_graph)
+            )
+        if output.mlflow:
+            from torchloom.train.mlflow_sink import MlflowSink
+
+            built_in.append(MlflowSink(run_dir, output.mlflow_uri, output.mlflow_experiment))
+        if output.checkpoints:
+            checkpoint = Checkpoint(
+                run_dir / "checkpoints",
+                output.keep_last,
+                monitor,
+                output.mode,
+                output.checkpoint_every_steps,
+                output.checkpoint_interval,
+            )
+            checkpoint.before_save.append(jsonl.sync)
+            built_in.append(checkpoint)
+    if trainer.diagnostics_every and main:
+        built_in.append(DiagnosticsRecorder(trainer.diagnostics_every, not trainer.compile))
+    if trainer.progress and main:
+        built_in.append(ProgressBar())
+    built_in.append(InterruptHandler(checkpoint))  # last: sees every other callback's work
+    return built_in
+
+
+def announce(world: World, batch_size: int, device: torch.device) -> None:
+    """One line on rank 0: the processes, the backend, per-rank and global batch sizes."""
+    if world.is_main:
+        import torch.distributed as dist
+
+        print(
+            f"torchrun: {world.size} processes ({dist.get_backend()}, {device.type}), batch "
+            f"{batch_size} per process, {batch_size * world.size} global",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -1,0 +1,211 @@
+"""The run directory: creating it, finishing it (weights, summary, report), and reading a run back
+(`load_run`) with nothing pickled."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from torchloom import __version__, models, optim
+from torchloom import config as config_module
+from torchloom import data as data_module
+from torchloom.assemble import load_data, registries
+from torchloom.config import Config, validate
+from torchloom.data import Data, Preprocess
+from torchloom.errors import TorchloomError
+from torchloom.io import atomic_write_json, load_tensors, save_tensors
+from torchloom.run import Run
+from torchloom.tasks import make_task
+from torchloom.train.callbacks import (
+    TrainState,
+)
+
+RUN_FORMAT = 1
+
+
+def model_section(model: nn.Module) -> dict:
+    """How to rebuild the model: its zoo name and options with every default written out."""
+    spec = getattr(model, "torchloom_build", None)
+    if spec is None:
+        return {"name": "custom", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    import inspect
+
+    builder = models.BUILDERS[spec["name"]]
+    defaults = {
+        key: (list(p.default) if isinstance(p.default, tuple) else p.default)
+        for key, p in inspect.signature(builder).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    options = {key: value for key, value in spec.items() if key != "name"}
+    return {"name": spec["name"], **defaults, **options}
+
+
+def finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
+    """Final weights, the summary with test metrics, plots and the report."""
+    from torchloom.report import write_report
+
+    run_dir = run.dir
+    finite = all(bool(torch.isfinite(t).all()) for t in run.model.state_dict().values())
+    status = "interrupted" if state.stop_now else "completed" if finite else "diverged"
+    if status == "completed":  # never save non-finite weights, nor a half-trained final model
+        save_tensors(run_dir / "model.safetensors", run.model.state_dict(), {"format": "pt"})
+    summary = {
+        "format": RUN_FORMAT,
+        "status": status,
+        "task": run.task.name,
+        "epochs": len(state.history),
+        "steps": state.step,
+        "skipped_steps": state.skipped_steps,
+        "seconds": round(seconds, 3),
+        "final": state.history[-1] if state.history else {},
+    }
+    if status == "completed" and run.data.test is not None:
+        summary["test"] = run.evaluate("test")
+    if run.task.state():  # what the task chose after training (thresholds), for load_run
+        atomic_write_json(run_dir / "task.json", run.task.state())
+    atomic_write_json(run_dir / "summary.json", summary)
+    if run.diagnostics is not None:
+        atomic_write_json(run_dir / "diagnostics.json", run.diagnostics)
+    if state.history:
+        write_report(run, summary)
+
+
+def launch_dir(root: Path, launch_id: str) -> Path | None:
+    """The newest run directory under `root` that this torchrun launch wrote (by launch id)
+    and that holds a complete checkpoint; None when the failure came before the first one."""
+    candidates = []
+    for record in root.glob("*/launch.json"):
+        try:
+            if json.loads(record.read_text()).get("launch_id") == launch_id and launch_id:
+                candidates.append(record.parent)
+        except (OSError, json.JSONDecodeError):
+            continue
+    for run_dir in sorted(candidates, key=lambda path: path.stat().st_mtime, reverse=True):
+        if any((run_dir / "checkpoints").glob("step-*/manifest.json")):
+            return run_dir
+    return None
+
+
+def make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> Path:
+    spec = getattr(model, "torchloom_build", None)
+    model_name = spec["name"] if spec else type(model).__name__.lower()
+    data_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.name).stem)  # a CSV path: its stem
+    base = name or f"{model_name}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root_path = Path(root)
+    root_path.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        candidate = root_path / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise TorchloomError(f"output.dir: cannot create a run directory under {root}.")
+
+
+def read_run_config(run_dir: Path, model: nn.Module | None) -> tuple[Config, nn.Module, bool]:
+    """A run directory's config, its model (rebuilt from the zoo, or `model`), and whether its
+    data has a source to reload (runs on in-memory arrays have none).
+
+    Raises:
+        TorchloomError: not a run directory, a run from a newer torchloom, a custom model not
+            given.
+    """
+    if not (run_dir / "config.yaml").is_file():
+        raise TorchloomError(
+            f"{run_dir}: not a run directory (no config.yaml). Give the folder `torchloom train` "
+            "printed at the end of training."
+        )
+    raw = config_module.read_yaml(run_dir / "config.yaml")
+    version = raw.pop("format", 1)
+    if not isinstance(version, int) or version > RUN_FORMAT:
+        raise TorchloomError(
+            f"{run_dir}: written by a newer torchloom (run format {version}); this version "
+            f"({__version__}) reads formats up to {RUN_FORMAT}. Upgrade torchloom."
+        )
+    model_section = dict(raw.pop("model", None) or {})
+    if model is None:
+        if model_section.get("name") == "custom":
+            raise TorchloomError(
+                f"{run_dir} was trained on your own module {model_section.get('class')}; pass "
+                "an instance: load_run(run_dir, model=MyModule())."
+            )
+        name = model_section.pop("name", "mlp")
+        model = models.build(name, **model_section)
+    has_source = (raw.get("data") or {}).get("name") in data_module.names()
+    if not has_source:
+        raw.pop("data", None)
+    config = validate(raw, context=registries(), source=str(run_dir / "config.yaml"))
+    return config, model, has_source
+
+
+def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool = True) -> Run:
+    """Rebuild a run from its directory: config.yaml + model.safetensors + preprocess.json.
+
+    Nothing pickled is read. The data is reloaded from the config's source when it has one.
+
+    Args:
+        run_dir: a run directory written by `fit`.
+        model: an instance of your own module class, for runs trained on a custom module.
+        data: reload the data (for `evaluate`); False skips it (for `predict`).
+
+    Raises:
+        TorchloomError: a missing, unreadable or too new file, or a custom model not given.
+    """
+    run_dir = Path(run_dir)
+    config, model, has_source = read_run_config(run_dir, model)
+    for name in ("model.safetensors", "preprocess.json"):
+        if not (run_dir / name).is_file():
+            raise TorchloomError(
+                f"{run_dir}: no {name}; the run did not complete (see summary.json). "
+                f"Resume it with: torchloom train --resume {run_dir}"
+            )
+    preprocess = Preprocess.from_json(json.loads((run_dir / "preprocess.json").read_text()))
+    task = make_task(
+        config.task or preprocess.task,
+        num_outputs=preprocess.extra["num_outputs"],
+        classes=preprocess.classes,
+        preprocess=preprocess,
+        **config.task_options,
+    )
+    if (run_dir / "task.json").is_file():
+        try:
+            task.load_state(json.loads((run_dir / "task.json").read_text()))
+        except json.JSONDecodeError as error:
+            raise TorchloomError(
+                f"{run_dir / 'task.json'}: not valid JSON ({error}). It holds the run's "
+                "thresholds: train the run again."
+            ) from None
+    # Text runs take token ids (0 is <pad>); others take floats.
+    dtype = torch.float32 if preprocess.vocab_size is None else torch.int64
+    example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)
+    num_outputs = preprocess.extra["num_outputs"] if task.uses_targets else None
+    models.materialize(model, example, num_outputs, preprocess.vocab_size)
+    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    model.eval()
+    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_fn = task.wrap_loss(loss_fn)
+    loaded_data = task.prepare_data(load_data(config)) if data and has_source else None
+    run = Run(
+        model=model,
+        task=task,
+        loss_fn=loss_fn,
+        config=config,
+        preprocess=preprocess,
+        data=loaded_data,
+        directory=run_dir,
+    )
+    if (run_dir / "diagnostics.json").is_file():
+        try:
+            run.diagnostics = json.loads((run_dir / "diagnostics.json").read_text())
+        except json.JSONDecodeError as error:
+            raise TorchloomError(
+                f"{run_dir / 'diagnostics.json'}: not valid JSON ({error}). Delete it: only the "
+                "doctor reads it."
+            ) from None
+    return run
