@@ -15,6 +15,7 @@ from docs_sections import replace_section
 
 DOCS_PATH = peers.ROOT / "docs" / "benchmarks.md"
 PLOT_DIR = peers.ROOT / "docs" / "images"
+MAIN_NAMES = {contender.name for contender in peers.CONTENDERS}  # not the option variants
 PEER_NAMES = ("tutorial w0", "tutorial w2", "lightning", "lightning quiet", "keras", "skorch")
 
 
@@ -92,7 +93,7 @@ def versus_table(results: dict[str, list[peers.Outcome]]) -> list[str]:
         ours = by_name["torchloom"].median()
         cells = [f"{ours / by_name[p].median():.2f}x" if p in by_name else "-" for p in PEER_NAMES]
         fastest = max(
-            (o for o in by_name.values() if o.contender in peers.CONTENDERS),
+            (o for o in by_name.values() if o.contender.name in MAIN_NAMES),
             key=lambda o: o.median(),
         )
         lines.append(f"| {workload} | " + " | ".join(cells) + f" | {fastest.contender.name} |")
@@ -109,6 +110,15 @@ def startup_lines(studies: dict) -> list[str]:
         f"`import torchloom.api` adds {over:.3f} s over `import torch`; plain "
         f"`import torchloom` is lazy and imports no torch.",
     ]
+    return lines
+
+
+def memory_lines(studies: dict) -> list[str]:
+    lines = ["| after importing (in turn) | peak RSS MB | added MB |", "|---|---:|---:|"]
+    previous = 0.0
+    for module, megabytes in studies["memory_by_import"].items():
+        lines.append(f"| `{module}` | {megabytes:.0f} | {megabytes - previous:+.0f} |")
+        previous = megabytes
     return lines
 
 
@@ -262,6 +272,17 @@ def render(results: dict, studies: dict, args, seconds: float, missing: list[str
     ]
     if studies:
         parts += ["### Start-up", "", *startup_lines(studies), ""]
+        parts += [
+            "### Where the memory goes",
+            "",
+            "The peak RSS columns above include each framework's imports. What a torchloom fit "
+            "with its outputs imports, in turn (the lean loop pays `torch` and `torch._dynamo`, "
+            "through its first optimizer, too; torchmetrics imports scipy through its audio "
+            "metrics; scikit-learn comes with the doctor's facts and the data split):",
+            "",
+            *memory_lines(studies),
+            "",
+        ]
         parts += [
             "### The first optimizer",
             "",

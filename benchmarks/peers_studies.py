@@ -45,6 +45,30 @@ print(json.dumps({
 """
 
 
+# Peak RSS after each import, in the order fit() meets them (cumulative, one fresh process).
+MEMORY_SCRIPT = """
+import importlib, json, resource
+steps = {}
+for module in ["torch", "torchloom.api", "torchmetrics", "torch.utils.tensorboard",
+               "torch._dynamo", "sklearn.linear_model", "matplotlib.pyplot"]:
+    importlib.import_module(module)
+    steps[module] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(steps))
+"""
+
+
+def memory_by_import() -> dict:
+    """Peak RSS (MB) after importing, in turn, what a torchloom fit with outputs imports."""
+    completed = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_environment(),
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def _median_seconds(command: list[str], environment: dict) -> float:
     """Median wall seconds of `command` in a fresh process, over STARTUP_REPEATS runs."""
     timings = []
@@ -180,7 +204,8 @@ def scaling(args) -> dict:
 def run_all(args) -> dict:
     print("start-up times:", flush=True)
     studies = {"startup": startup()}
-    print(f"  {studies['startup']}\nfirst optimizer:", flush=True)
+    studies["memory_by_import"] = memory_by_import()
+    print(f"  {studies['startup']}\n  {studies['memory_by_import']}\nfirst optimizer:", flush=True)
     studies["first_optimizer"] = first_optimizer()
     print(f"  {studies['first_optimizer']}\ntime to accuracy:", flush=True)
     studies["time_to_accuracy"] = time_to_accuracy(args)

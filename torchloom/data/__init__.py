@@ -301,8 +301,6 @@ def split_table(
     """Split a table (stratified for classes), fit preprocessing on train, make tensors.
 
     A table with an official test set (`table.test_start`) keeps it as the test split."""
-    from sklearn.model_selection import train_test_split
-
     for label, fraction in (("val", val), ("test", test)):
         if not 0 <= fraction < 1:
             raise DataError(
@@ -337,6 +335,10 @@ def split_table(
     def hold_out(pool: np.ndarray, size: float, name: str) -> tuple[np.ndarray, np.ndarray]:
         if size == 0:
             return pool, pool[:0]
+        # Imported only to hold rows out: scikit-learn adds ~0.5-2 s before the first step
+        # of a fit on unsplit data (val=0, test=0), which never needs it.
+        from sklearn.model_selection import train_test_split
+
         try:
             return train_test_split(
                 pool,
