@@ -16,8 +16,10 @@ Usage:
     python benchmarks/peers.py [--quick] [--rounds N] [--repeats N] [--workloads a,b]
                                [--threads N] [--[no-]options] [--skip-studies] [--write-docs]
 
-`--quick` (a few minutes): small slices of the data, one round, 3 repeats. A full run (`make
-bench`) takes about 45-60 minutes on a quiet 2-core machine.
+`--quick`: small slices of the data, one round of 3 repeats, no option variants: about 10
+minutes on a quiet 2-core machine (most of it process start-up: Lightning and Keras take
+several seconds to import). A full run (`make bench`: full data, 2 rounds of 3 repeats, the
+option variants, the studies) takes about an hour there; `--no-options` saves about a third.
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-studies", action="store_true", help="no startup/scaling/...")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 2)
     started = time.perf_counter()
     prepare_data()
     if args.prepare:

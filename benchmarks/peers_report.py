@@ -100,6 +100,32 @@ def versus_table(results: dict[str, list[peers.Outcome]]) -> list[str]:
     return lines
 
 
+def reading_lines() -> list[str]:
+    """How to read the tables, and why torchloom can trail the fastest row (written by hand)."""
+    return [
+        "How to read them, and where torchloom is not the fastest row:",
+        "",
+        "- `torchloom` is `fit` as a user gets it: a progress line, metrics.jsonl and "
+        "TensorBoard events every epoch, checkpoints, and the report at the end (outside the "
+        "timed repeats). On the digits workload an epoch is only 15 steps (a few ms), so these "
+        "per-epoch writes weigh most there; `torchloom quiet` (`progress=False, "
+        "output_dir=None`) is the loop alone. Overhead per step is what the issue's targets "
+        "are about; `benchmarks/overhead.py` above measures it in one process, interleaved.",
+        "- `lean compile`, `torchloom compile` (`fit(compile=True)`), `lean foreach` and "
+        "`lean 2 threads` are the faster-than-eager candidates: where one beats `lean`, the "
+        "same setting is the one to use (`compile=True` is a `fit` option and `trainer.compile` "
+        "in a config; threads are `torch.set_num_threads`). On a loaded shared machine a second "
+        "thread often makes single runs several times slower: a worker thread waits on a "
+        "descheduled sibling.",
+        "- Keras builds its own layers with its own initializers and optimizer, so its weights "
+        "differ; Lightning, skorch and the tutorial loop shuffle through a DataLoader, so their "
+        "batches differ from the lean loop's. The lean loop and torchloom draw the same batches "
+        "and end with the same weights (checked each run: see the script's output).",
+        "- `tutorial w2` starts two worker processes every epoch (the tutorial's DataLoader has "
+        "no `persistent_workers`), which dominates short epochs.",
+    ]
+
+
 def startup_lines(studies: dict) -> list[str]:
     times = studies["startup"]
     lines = ["| command | median wall s (5 runs) |", "|---|---:|"]
@@ -268,6 +294,8 @@ def render(results: dict, studies: dict, args, seconds: float, missing: list[str
         "### torchloom against each peer (torchloom samples/s / peer samples/s)",
         "",
         *versus_table(results),
+        "",
+        *reading_lines(),
         "",
     ]
     if studies:
