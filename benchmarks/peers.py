@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small data, 1 round (minutes)")
     parser.add_argument("--rounds", type=int, default=None, help="processes per contender")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per process")
-    parser.add_argument("--workloads", default=",".join(common.WORKLOADS))
+    parser.add_argument("--workloads", default=",".join(common.MAIN_WORKLOADS))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per process")
     parser.add_argument("--prepare", action="store_true", help="only write the data cache")

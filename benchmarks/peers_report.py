@@ -189,7 +189,7 @@ def accuracy_lines(studies: dict) -> list[str]:
         if "error" in row:
             lines.append(head + f"| failed: {row['error']} | | |")
         elif row["epochs"] is None:
-            lines.append(head + f"| not in {row['max_epochs']} (best {row['accuracy']:.4f}) | | |")
+            lines.append(head + f"| not in {row['max_epochs']} (last: {row['accuracy']:.4f}) | | |")
         else:
             lines.append(
                 head + f"| {row['epochs']} | {row['seconds_from_fit']:.2f} "
@@ -329,6 +329,12 @@ def render(results: dict, studies: dict, args, seconds: float, missing: list[str
             *accuracy_lines(studies),
             "",
             "### Scaling (lean loop vs torchloom.fit)",
+            "",
+            "The tutorial MLP on random rows x 64 features as the rows grow, and on "
+            f"{studies['scaling']['width_rows']:,} rows x 784 with two hidden layers of the given "
+            "width. Cost should grow linearly with the rows (flat samples/s), and peak memory "
+            "should be the imports, the data, the model and one batch's activations: the last "
+            "column is what remains after the imports and the data.",
             "",
             *scaling_lines(studies),
             "",
