@@ -16,10 +16,11 @@ Usage:
     python benchmarks/peers.py [--quick] [--rounds N] [--repeats N] [--workloads a,b]
                                [--threads N] [--[no-]options] [--skip-studies] [--write-docs]
 
-`--quick`: small slices of the data, one round of 3 repeats, no option variants: about 10
+`--quick`: small slices of the data, one round of 3 repeats, no option variants: about 5-8
 minutes on a quiet 2-core machine (most of it process start-up: Lightning and Keras take
 several seconds to import). A full run (`make bench`: full data, 2 rounds of 3 repeats, the
-option variants, the studies) takes about an hour there; `--no-options` saves about a third.
+option variants, the studies) takes about 45 minutes there (estimated from the quick run's
+rates; LeNet and the LSTM take most of it); `--no-options` saves about a third.
 """
 
 from __future__ import annotations

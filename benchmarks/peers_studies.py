@@ -69,16 +69,6 @@ def memory_by_import() -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def _median_seconds(command: list[str], environment: dict) -> float:
-    """Median wall seconds of `command` in a fresh process, over STARTUP_REPEATS runs."""
-    timings = []
-    for _ in range(STARTUP_REPEATS):
-        started = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=True, env=environment)
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
-
-
 def _environment() -> dict:
     return {**os.environ, "PYTHONPATH": str(peers.ROOT)}
 
@@ -96,7 +86,14 @@ def startup() -> dict:
     script = shutil.which("torchloom", path=str(Path(python).parent))
     if script:
         commands["torchloom --help"] = [script, "--help"]
-    return {label: _median_seconds(command, environment) for label, command in commands.items()}
+    # Interleaved: each repeat runs every command once, so a burst of load hits them alike.
+    timings: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(STARTUP_REPEATS):
+        for label, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, capture_output=True, check=True, env=environment)
+            timings[label].append(time.perf_counter() - started)
+    return {label: statistics.median(values) for label, values in timings.items()}
 
 
 def first_optimizer() -> dict:
