@@ -31,7 +31,9 @@ test-quick: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]" "$(TORCH_SPEC)"
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/peers.py --write-docs
 
 lint: install
 	$(BIN)/ruff check .

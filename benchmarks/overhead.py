@@ -52,6 +52,9 @@ from torch import nn
 
 import torchloom as tl
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_sections import replace_section  # noqa: E402 - a sibling script module
+
 SEED = 0
 BATCH_SIZE = 100
 HIDDEN = [128, 64]
@@ -406,9 +409,8 @@ the run directory (the temporary directory itself is created and removed outside
 For the lean loop: the optimizer, loss and generator construction and the loop. The model is
 built, seeded, outside the timing for both. Throughput is epochs x training samples / seconds.
 """
-    DOCS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    DOCS_PATH.write_text(text, encoding="utf-8")
-    print(f"wrote {DOCS_PATH}")
+    # Only this script's section is replaced: peers.py and hand-written sections stay.
+    replace_section(DOCS_PATH, "overhead", "benchmarks/overhead.py", text, at_top=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,215 @@
+"""The peers ratio table on a CUDA GPU: lean GPU loops, the tutorial loop, torchloom default/fast.
+
+Workloads: the tutorial LeNet on the 60,000 Fashion-MNIST training images (Debian's idx files)
+and a small CIFAR ResNet (torchloom's `resnet`, depth 14, width 16) on 50,000 random 3x32x32
+images (throughput only: no CIFAR-10 download on an offline machine). Batch 100 for the LeNet
+(the tutorial's), 256 for the ResNet; SGD lr 0.01 momentum 0.9; one warm-up epoch, then
+`--repeats` timed epochs, each ended by a host sync.
+
+    lean         data resident on the GPU, one permutation per epoch, slices, fp32, no .item()
+    lean fast    the same with bf16 autocast, channels_last and fused SGD
+    tutorial     TensorDataset + DataLoader(shuffle=True, num_workers=2) on the host,
+                 `.to(device)` per batch, `running_loss += loss.item()`
+    torchloom    fit(device="cuda") with its defaults (progress, JSONL + TensorBoard, checkpoints)
+    torchloom fast  the same with precision="bf16" and a fused SGD (and compile=True with
+                 --compile)
+
+Targets (issue #10): torchloom >= 0.95x the lean GPU loop and >= 2x the tutorial loop.
+
+    python benchmarks/gpu.py [--repeats 3] [--compile] [--quick]
+
+Without a CUDA GPU it prints why and exits with status 1. (`--device cpu --quick` runs the same
+code on the CPU on small slices: a smoke test of the script, not a measurement.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+
+SEED = 0
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def workloads(quick: bool):
+    """(name, features (n, c, h, w) float32 on the host, targets (n,), model builder, batch)."""
+    import torch
+
+    import torchloom as tl
+    from torchloom.data.idx import read_idx_folder
+    from torchloom.data.images import FASHION_MNIST_DIR
+
+    images, labels, _test_images, _test_labels = read_idx_folder(
+        FASHION_MNIST_DIR, 2_000 if quick else None
+    )
+    fashion = (torch.from_numpy(images).float() / 255 - 0.5) / 0.5  # (n, 1, 28, 28)
+    generator = torch.Generator().manual_seed(SEED)
+    count = 1_000 if quick else 50_000
+    random_images = torch.randn(count, 3, 32, 32, generator=generator)
+    random_labels = torch.randint(0, 10, (count,), generator=generator)
+
+    def lenet():
+        torch.manual_seed(SEED)
+        return tl.models.materialize(tl.models.build("lenet", num_outputs=10), fashion[:2], 10)
+
+    def resnet():
+        torch.manual_seed(SEED)
+        model = tl.models.build("resnet", depth=14, width=16, num_outputs=10)
+        return tl.models.materialize(model, random_images[:2], 10)
+
+    return [
+        ("LeNet, Fashion-MNIST", fashion, torch.from_numpy(labels), lenet, 100),
+        ("ResNet-14, 32x32", random_images, random_labels, resnet, 256),
+    ]
+
+
+def lean(model, features, targets, batch_size, epochs, device, fast: bool) -> list[float]:
+    """Epoch-end timestamps of the lean GPU loop (data copied to the device once)."""
+    import torch
+    from torch import nn
+
+    model = model.to(device)
+    features, targets = features.to(device), targets.to(device)
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+        features = features.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if fast else {})
+    )
+    loss_function = nn.CrossEntropyLoss()
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if fast
+        else contextlib.nullcontext
+    )
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    ends = []
+    for _epoch in range(epochs):
+        order = torch.randperm(len(features), generator=generator, device=device)
+        shuffled_features, shuffled_targets = features[order], targets[order]
+        for start in range(0, len(features), batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                outputs = model(shuffled_features[start : start + batch_size])
+                loss = loss_function(outputs, shuffled_targets[start : start + batch_size])
+            loss.backward()
+            optimizer.step()
+        synchronize(device)
+        ends.append(time.perf_counter())
+    return ends
+
+
+def tutorial(model, features, targets, batch_size, epochs, device, fast: bool) -> list[float]:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = model.to(device)
+    loader = DataLoader(
+        TensorDataset(features, targets), batch_size=batch_size, shuffle=True, num_workers=2
+    )
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    ends = []
+    for _epoch in range(epochs):
+        running_loss = 0.0
+        for inputs, labels in loader:
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = criterion(net(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        ends.append(time.perf_counter())
+    return ends
+
+
+def torchloom(model, features, targets, batch_size, epochs, device, fast: bool, compile_=False):
+    import torchloom as tl
+
+    ends = []
+
+    class EpochEnds(tl.Callback):
+        def on_epoch_end(self, state):  # fit has synced: the epoch's loss reached the host
+            ends.append(time.perf_counter())
+
+    data = tl.data.from_arrays(features, targets, val=0.0, test=0.0)
+    with tempfile.TemporaryDirectory(prefix="torchloom-gpu-") as run_root:
+        tl.fit(
+            model,
+            data,
+            loss="cross_entropy",
+            optimizer={
+                "name": "sgd",
+                "lr": 0.01,
+                "momentum": 0.9,
+                **({"fused": True} if fast else {}),
+            },
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=SEED,
+            device=str(device),
+            precision="bf16" if fast else "32",
+            compile=compile_,
+            output_dir=run_root,
+            callbacks=[EpochEnds()],
+        )
+    return ends
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per contender")
+    parser.add_argument("--compile", action="store_true", help="torchloom fast with compile")
+    parser.add_argument("--quick", action="store_true", help="small slices (a smoke test)")
+    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        reason = "torch was built without CUDA" if torch.version.cuda is None else "no GPU found"
+        print(
+            f"benchmarks/gpu.py needs a CUDA GPU: torch.cuda.is_available() is False "
+            f"({reason}; torch {torch.__version__}). Run it on a machine with an NVIDIA GPU "
+            "and a CUDA build of torch; benchmarks/peers.py is the CPU suite.",
+            file=sys.stderr,
+        )
+        return 1
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test)"
+    print(f"device: {name}; torch {torch.__version__}; {args.repeats} timed epochs each\n")
+    contenders = {
+        "lean": lambda *a: lean(*a, fast=False),
+        "lean fast": lambda *a: lean(*a, fast=True),
+        "tutorial": lambda *a: tutorial(*a, fast=False),
+        "torchloom": lambda *a: torchloom(*a, fast=False),
+        "torchloom fast": lambda *a: torchloom(*a, fast=True, compile_=args.compile),
+    }
+    print("| workload | contender | samples/s (median) | ratio to lean | ratio to tutorial |")
+    print("|---|---|---:|---:|---:|")
+    for workload, features, targets, build, batch_size in workloads(args.quick):
+        rates = {}
+        for contender, train in contenders.items():
+            ends = train(build(), features, targets, batch_size, 1 + args.repeats, device)
+            seconds = [later - earlier for earlier, later in zip(ends, ends[1:], strict=False)]
+            rates[contender] = statistics.median(len(features) / s for s in seconds)
+        for contender, rate in rates.items():
+            print(
+                f"| {workload} | {contender} | {rate:,.0f} | {rate / rates['lean']:.2f} "
+                f"| {rate / rates['tutorial']:.2f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
