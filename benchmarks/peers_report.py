@@ -100,9 +100,10 @@ def versus_table(results: dict[str, list[peers.Outcome]]) -> list[str]:
     return lines
 
 
-def reading_lines() -> list[str]:
-    """How to read the tables, and why torchloom can trail the fastest row (written by hand)."""
-    return [
+def reading_lines(options_ran: bool = True) -> list[str]:
+    """How to read the tables, and why torchloom can trail the fastest row (written by hand);
+    the paragraph on the faster-than-eager rows only when this run measured them."""
+    lines = [
         "How to read them, and where torchloom is not the fastest row:",
         "",
         "- `torchloom` is `fit` as a user gets it: a progress line, metrics.jsonl and "
@@ -116,7 +117,11 @@ def reading_lines() -> list[str]:
         "same setting is the one to use (`compile=True` is a `fit` option and `trainer.compile` "
         "in a config; threads are `torch.set_num_threads`). On a loaded shared machine a second "
         "thread often makes single runs several times slower: a worker thread waits on a "
-        "descheduled sibling.",
+        "descheduled sibling."
+        if options_ran
+        else "- The faster-than-eager candidates (`lean compile`, `torchloom compile`, `lean "
+        "foreach`, `lean 2 threads`) were not measured in this run (`--no-options` or "
+        "`--quick`).",
         "- Keras builds its own layers with its own initializers and optimizer, so its weights "
         "differ; Lightning, skorch and the tutorial loop shuffle through a DataLoader, so their "
         "batches differ from the lean loop's. The lean loop and torchloom draw the same batches "
@@ -124,6 +129,7 @@ def reading_lines() -> list[str]:
         "- `tutorial w2` starts two worker processes every epoch (the tutorial's DataLoader has "
         "no `persistent_workers`), which dominates short epochs.",
     ]
+    return lines
 
 
 def startup_lines(studies: dict) -> list[str]:
@@ -301,7 +307,9 @@ def render(results: dict, studies: dict, args, seconds: float, missing: list[str
         "",
         *versus_table(results),
         "",
-        *reading_lines(),
+        *reading_lines(
+            any("compile" in o.contender.name for outcomes in results.values() for o in outcomes)
+        ),
         "",
     ]
     if studies:
