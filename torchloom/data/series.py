@@ -10,7 +10,6 @@ A series source returns a `Series` (one value per time step, plus how to cut it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -196,14 +195,9 @@ def series_csv(
         raise DataError(
             "data source 'series_csv' needs 'path' (the file) and 'time' (the time column)."
         )
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"data.path: no such file '{path}'. Give the path of a CSV file.")
-    try:
-        frame = pd.read_csv(file)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: cannot be read as CSV ({first_line}).") from None
+    from torchloom.data.sources import read_csv_file  # sources imports this module
+
+    frame = read_csv_file(path)
     columns = [str(c) for c in frame.columns]
     if time not in columns:
         raise DataError(

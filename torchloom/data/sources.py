@@ -114,6 +114,24 @@ def diabetes() -> Table:
     return _from_sklearn(load_diabetes, "diabetes", "regression")
 
 
+def read_csv_file(path: str, **options):
+    """A CSV file as a pandas DataFrame (`options` go to `pandas.read_csv`).
+
+    Raises:
+        DataError: a missing file, or one pandas cannot parse (its first error line).
+    """
+    import pandas as pd
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path: no such file '{path}'. Give the path of a CSV file.")
+    try:
+        return pd.read_csv(file, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: cannot be read as CSV ({first_line}).") from None
+
+
 def csv(path: str | None = None, target: str | None = None, task: str | None = None) -> Table:
     """A CSV file with a header row: every column but `target` is a feature (text columns are
     categorical, one-hot encoded on the training split; blanks need `data.missing`).
@@ -124,18 +142,10 @@ def csv(path: str | None = None, target: str | None = None, task: str | None = N
         task: "classification" or "regression"; inferred from the target column when None
             (integers, booleans and strings are classes; other numbers are regression).
     """
-    import pandas as pd
 
     if path is None or target is None:
         raise DataError("data source 'csv' needs both 'path' and 'target' (the label column).")
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"data.path: no such file '{path}'. Give the path of a CSV file.")
-    try:
-        frame = pd.read_csv(file)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: cannot be read as CSV ({first_line}).") from None
+    frame = read_csv_file(path)
     return _from_frame(frame, target, task, str(path))
 
 

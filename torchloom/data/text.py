@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchloom.data.sources import Table
+from torchloom.data.sources import Table, read_csv_file
 from torchloom.errors import DataError, did_you_mean
 
 PAD, UNKNOWN = "<pad>", "<unk>"
@@ -258,20 +258,12 @@ def text_csv(
     Raises:
         DataError: a missing file or column, or an empty label.
     """
-    import pandas as pd
 
     if path is None or text_column is None or label_column is None:
         raise DataError(
             "data source 'text_csv' needs 'path' (the file), 'text_column' and 'label_column'."
         )
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"data.path: no such file '{path}'. Give the path of a CSV file.")
-    try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: cannot be read as CSV ({first_line}).") from None
+    frame = read_csv_file(path, dtype=str, keep_default_na=False)
     columns = [str(c) for c in frame.columns]
     for option, column in (("text_column", text_column), ("label_column", label_column)):
         if column not in columns:
