@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure the faster-than-eager options (default: on, off with --quick)",
     )
     parser.add_argument("--skip-studies", action="store_true", help="no startup/scaling/...")
+    parser.add_argument(
+        "--contenders",
+        help="comma-separated contender names to run (default: all); 'lean' is always included",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 2)
@@ -290,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [c for c in CONTENDERS if available(c)]
     if args.options if args.options is not None else not args.quick:
         contenders += OPTION_CONTENDERS
+    if args.contenders:
+        wanted = {name.strip() for name in args.contenders.split(",")} | {"lean"}
+        known = {c.name for c in CONTENDERS + OPTION_CONTENDERS}
+        if unknown := sorted(wanted - known):
+            parser.error(f"--contenders: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+        contenders = [c for c in CONTENDERS + OPTION_CONTENDERS if c.name in wanted]
     results = {}
     for workload in args.workloads.split(","):
         chosen = [c for c in contenders if c.workloads is None or workload in c.workloads]

@@ -377,7 +377,10 @@ def split_table(
             checks = checks[:1]  # text columns: inf is looked for after encoding
         if missing_spec is not None:
             checks = checks[1:]
-        for is_bad, what, advice in checks:
+        # A finite float64 sum means every value is finite (NaN and inf carry through a sum),
+        # found in one pass with no array of the data's size; otherwise look value by value.
+        all_finite = flat.dtype != object and np.isfinite(flat.sum(dtype=np.float64))
+        for is_bad, what, advice in checks if not all_finite else ():
             bad = is_bad(flat)
             if bad.any():
                 row, column = (int(i) for i in np.argwhere(bad)[0])
@@ -428,7 +431,14 @@ def split_table(
     if table.task == "anomaly":
         train_index = train_index[table.targets[train_index] == 0]  # normal rows only
     preprocess = Preprocess(table.feature_names, table.classes, table.task)
-    train_features = table.features[train_index]
+
+    def rows_of(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`array[rows]`; all rows in order (nothing held out) are the array itself, no copy."""
+        if len(rows) == len(array) and (rows == index).all():
+            return array
+        return array[rows]
+
+    train_features = rows_of(table.features, train_index)
     if table.tokenizer is not None:  # the vocabulary, from the training texts only
         preprocess.fit_tokenizer(train_features, table.tokenizer)
     else:
@@ -443,10 +453,14 @@ def split_table(
         if len(rows) == 0:
             return None
         rows = np.sort(rows)  # keep the source order inside a split; shuffling is the loader's
-        features = torch.from_numpy(preprocess.transform(table.features[rows]))
+        source = rows_of(table.features, rows)
+        transformed = preprocess.transform(source)
+        if transformed is source:  # no scaling, nothing held out: train on a copy, not on the
+            transformed = transformed.copy()  # caller's own array
+        features = torch.from_numpy(transformed)
         if columns_step:  # text columns were not checked for inf before encoding
             missing_module.check_finite(features, preprocess.feature_names, table.name, rows)
-        targets = torch.from_numpy(np.ascontiguousarray(table.targets[rows]))
+        targets = torch.from_numpy(np.ascontiguousarray(rows_of(table.targets, rows)))
         if table.task == "anomaly":  # (n, 1 + num_features): the label, then what to rebuild
             targets = torch.cat([targets.float()[:, None], features.reshape(len(rows), -1)], 1)
         return Split(features, targets)

@@ -100,11 +100,10 @@ class Preprocess:
                 )
             self.mean, self.std = _channel_statistics(train_features)
         elif standardize is not False:
-            flat = train_features.reshape(len(train_features), -1).astype(np.float64)
-            std = flat.std(axis=0)
+            mean, std = _feature_statistics(train_features.reshape(len(train_features), -1))
             # A constant feature (a border pixel that is always 0) keeps its scale.
             std[std < 1e-12] = 1.0
-            self.mean = flat.mean(axis=0).tolist()
+            self.mean = mean.tolist()
             self.std = std.tolist()
         return self
 
@@ -116,19 +115,27 @@ class Preprocess:
             return self.tokenizer.encode(features)
         if self.columns is not None:
             features = self.columns.transform(features)
-        features = np.asarray(features, dtype=np.float32)
+        features = np.asarray(features)
+        if features.dtype == object:
+            features = features.astype(np.float32)
         if self.mean is None:
-            return features
+            # A float32 array comes back as is: the caller copies it if it must not be shared.
+            return np.asarray(features, dtype=np.float32)
+        shape = features.shape
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         if self.per == "channel":
             # (channels,) -> (1, channels, 1, 1): broadcast over samples and pixels.
             trailing = (1,) * (features.ndim - 2)
             mean, std = mean.reshape(1, -1, *trailing), std.reshape(1, -1, *trailing)
-            return ((features - mean) / std).astype(np.float32, copy=False)
-        shape = features.shape
-        flat = features.reshape(len(features), -1)
-        return ((flat - mean) / std).reshape(shape).astype(np.float32)
+        else:
+            mean, std = mean.reshape(-1), std.reshape(-1)
+            features = features.reshape(len(features), -1)
+        # One new float32 array, scaled in place: the caller's array is never changed, and no
+        # temporary of the data's size is made on the way.
+        scaled = np.subtract(features, mean, dtype=np.float32)
+        scaled /= std
+        return scaled.reshape(shape)
 
     def to_json(self) -> dict:
         text = {} if self.tokenizer is None else {"text": self.tokenizer.to_json()}
@@ -169,6 +176,23 @@ class Preprocess:
             tokenizer=tokenizer,
             columns=ColumnPrep.from_json(payload["missing"]) if payload.get("missing") else None,
         )
+
+
+def _feature_statistics(rows: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each column of (n, features) rows, in float64.
+
+    Two passes over chunks of rows (the mean, then the squared deviations from it), so a large
+    training set never needs a float64 copy or a deviation array of its own size.
+    """
+    total = np.zeros(rows.shape[1])
+    for start in range(0, len(rows), chunk):
+        total += rows[start : start + chunk].sum(axis=0, dtype=np.float64)
+    mean = total / len(rows)
+    squares = np.zeros(rows.shape[1])
+    for start in range(0, len(rows), chunk):
+        deviations = rows[start : start + chunk].astype(np.float64) - mean
+        squares += np.einsum("ij,ij->j", deviations, deviations)
+    return mean, np.sqrt(squares / len(rows))
 
 
 def _channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:

@@ -5,8 +5,8 @@ On a sampled step it records, per weight tensor, the gradient norm (before clipp
 update/weight ratio `||w_after - w_before|| / ||w_before||`, and per activation module
 (`nn.ReLU`, `nn.Sigmoid`, `nn.Tanh`) the fraction of dead or saturated units on that step's batch.
 Between sampled steps it does nothing: forward hooks exist only from the end of the step before a
-sampled one to that step's backward. Values stay on the device until the end of the epoch, where
-one `.tolist()` brings them to the host (the loop already syncs there for the epoch's loss).
+sampled one to that step's backward. Values stay on the device until 64 samples have gathered (checked at epoch ends) or
+training ends; one `.tolist()` then brings them all to the host.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ SATURATION_MARGIN = 0.01
 # Past this many samples, every second one is dropped and the stride doubles, so a long run's
 # diagnostics.json stays small (about a megabyte for a 20-layer network).
 MAX_SAMPLES = 1000
+# Samples kept as device tensors before one transfer brings them to the host (a few KB each).
+PENDING_LIMIT = 64
 
 
 def activation_statistic(kind: str, output: torch.Tensor) -> torch.Tensor:
@@ -57,6 +59,13 @@ def activation_statistic(kind: str, output: torch.Tensor) -> torch.Tensor:
     if kind == "sigmoid":
         return ((output < SATURATION_MARGIN) | (output > 1 - SATURATION_MARGIN)).float().mean()
     return (output.abs() > 1 - SATURATION_MARGIN).float().mean()
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(len(tensors),) float32 2-norms, in one fused kernel per device and dtype."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
 
 
 class DiagnosticsRecorder(Callback):
@@ -114,22 +123,19 @@ class DiagnosticsRecorder(Callback):
         self._remove_hooks()
         # A weight without a gradient (unused in this forward) received nothing: norm 0.
         grads = [
-            p.grad.detach().float().norm()
-            if p.grad is not None
-            else p.new_zeros((), dtype=torch.float)
+            p.grad.detach() if p.grad is not None else torch.zeros_like(p.detach())
             for _, p, _ in self.layers
         ]
-        self.current["grad_norm"] = torch.stack(grads) if grads else torch.zeros(0)
+        self.current["grad_norm"] = _norms(grads)
         # The weights before the optimizer step, to measure the step's size in on_batch_end.
         self.weights_before = [p.detach().clone() for _, p, _ in self.layers]
 
     def on_batch_end(self, state: TrainState) -> None:
         if self.current is not None and self.weights_before is not None:
-            ratios = [
-                (p.detach() - before).float().norm() / before.float().norm().clamp_min(1e-12)
-                for (_, p, _), before in zip(self.layers, self.weights_before, strict=True)
-            ]
-            self.current["update_ratio"] = torch.stack(ratios) if ratios else torch.zeros(0)
+            after = [p.detach() for _, p, _ in self.layers]
+            steps = torch._foreach_sub(after, self.weights_before) if after else []
+            ratios = _norms(steps) / _norms(self.weights_before).clamp_min(1e-12)
+            self.current["update_ratio"] = ratios
             self.current["step"] = state.step
             self.pending.append(self.current)
             self.current, self.weights_before = None, None
@@ -137,7 +143,9 @@ class DiagnosticsRecorder(Callback):
             self._arm(state)  # the next step is a sampled one
 
     def on_epoch_end(self, state: TrainState) -> None:
-        self._flush()
+        # Short epochs would pay a transfer each for a sample or two: gather a batch of them.
+        if len(self.pending) >= PENDING_LIMIT:
+            self._flush()
 
     def on_fit_end(self, state: TrainState) -> None:
         self._remove_hooks()
