@@ -61,23 +61,31 @@ def _spread(outcome: peers.Outcome) -> str:
 def workload_table(outcomes: list[peers.Outcome]) -> list[str]:
     lean = next((o for o in outcomes if o.contender.name == "lean" and o.results), None)
     lines = [
-        "| contender | what | samples/s (median) | ratio to lean | min-max | peak RSS MB "
+        "| contender | what | samples/s (median) | ratio to lean | min-max "
+        "| peak RSS MB, training | peak RSS MB, process "
         "| fit call to 1st step, s | import, s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for outcome in outcomes:
         name, note = outcome.contender.name, outcome.contender.note
         if not outcome.results:
-            lines.append(f"| {name} | {note} | failed: {outcome.error} | | | | | |")
+            lines.append(f"| {name} | {note} | failed: {outcome.error} | | | | | | |")
             continue
         ratio = f"{outcome.median() / lean.median():.2f}" if lean else "-"
         lines.append(
             f"| {name} | {note} | {outcome.median():,.0f} | {ratio} | {_spread(outcome)} "
-            f"| {outcome.field_median('peak_rss_mb'):.0f} "
+            f"| {_training_peak(outcome)} | {outcome.field_median('peak_rss_mb'):.0f} "
             f"| {outcome.field_median('first_step_seconds'):.2f} "
             f"| {outcome.field_median('import_seconds'):.2f} |"
         )
     return lines
+
+
+def _training_peak(outcome: peers.Outcome) -> str:
+    """The peak RSS at the last epoch end (results from before this column have none)."""
+    if any("training_peak_rss_mb" not in result for result in outcome.results):
+        return "-"
+    return f"{outcome.field_median('training_peak_rss_mb'):.0f}"
 
 
 def versus_table(results: dict[str, list[peers.Outcome]]) -> list[str]:

@@ -42,6 +42,20 @@ def assert_same_run(expected: Path, actual: Path) -> None:
     assert lines == (expected / "metrics.jsonl").read_text().splitlines()
     steps = [line for line in lines if '"kind": "step"' in line]
     assert len(steps) == len(set(steps))  # no step twice
+    # TensorBoard, as its reader sees the folder: what the killed process logged past the
+    # checkpoint is purged, nothing logged before it is missing.
+    assert tensorboard_scalars(actual) == tensorboard_scalars(expected)
+
+
+def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    return {
+        tag: [(event.step, event.value) for event in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,27 @@ def test_a_model_the_tracer_cannot_follow_warns_and_trains(tmp_path, digits):
     events.Reload()
     assert not events.Tags()["graph"]
     assert "val/accuracy" in events.Tags()["scalars"]
+
+
+def test_a_resumed_event_file_replaces_what_the_earlier_one_logged_past_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from torchloom.train.sinks import EventFile
+
+    first = EventFile(tmp_path, purge_step=None)
+    for step in range(1, 11):  # the earlier process got to step 10, its checkpoint is step 5
+        first.add_scalars({"train/loss": 1.0, "lr": 0.1}, step)
+    first.close()
+    time.sleep(1.1)  # event files are named, and read, in the order of their start second
+    second = EventFile(tmp_path, purge_step=6)
+    for step in range(6, 9):
+        second.add_scalars({"train/loss": 2.0, "lr": 0.1}, step)
+    second.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    losses = [(event.step, event.value) for event in events.Scalars("train/loss")]
+    assert losses == [(step, 1.0) for step in range(1, 6)] + [(step, 2.0) for step in range(6, 9)]
+    assert len(events.Scalars("lr")) == 8
 
 
 def test_runs_lists_statuses_and_compares_two_runs(tmp_path, digits, capsys):

@@ -226,10 +226,12 @@ def built_in_callbacks(
     if run_dir is not None:
         jsonl = JsonlSink(run_dir / "metrics.jsonl")
         built_in += [jsonl, CsvSink(run_dir / "metrics.csv")]
+        tensorboard = None
         if output.tensorboard:
-            built_in.append(
-                TensorBoardSink(run_dir, output.histogram_every, graph=output.tensorboard_graph)
+            tensorboard = TensorBoardSink(
+                run_dir, output.histogram_every, graph=output.tensorboard_graph
             )
+            built_in.append(tensorboard)
         if output.mlflow:
             from torchloom.train.mlflow_sink import MlflowSink
 
@@ -244,6 +246,8 @@ def built_in_callbacks(
                 output.checkpoint_interval,
             )
             checkpoint.before_save.append(jsonl.sync)
+            if tensorboard is not None:
+                checkpoint.before_save.append(tensorboard.sync)
             built_in.append(checkpoint)
     if trainer.diagnostics_every and main:
         built_in.append(DiagnosticsRecorder(trainer.diagnostics_every, not trainer.compile))

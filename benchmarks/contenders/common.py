@@ -206,6 +206,7 @@ class Timer:
         self.called: float | None = None
         self.first_step: float | None = None
         self.epoch_ends: list[float] = []
+        self.training_peak_mb = 0.0
 
     def fit_called(self) -> None:
         self.called = time.perf_counter()
@@ -216,6 +217,9 @@ class Timer:
 
     def epoch_done(self) -> None:
         self.epoch_ends.append(time.perf_counter())
+        # The process's peak so far: at the last epoch end, the peak while training (what a
+        # framework does after its loop, a report or a summary, is in the final peak only).
+        self.training_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 TrainFunction = Callable[[Workload, dict, int, Timer, dict], dict | None]
@@ -270,6 +274,7 @@ def main(train: TrainFunction, framework_import: Callable[[], str]) -> int:
         "first_step_seconds": timer.first_step - timer.called,
         "warmup_epoch_seconds": ends[0] - timer.called,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "training_peak_rss_mb": timer.training_peak_mb,
         "rss_after_import_mb": rss_after_import,
         "data_mb": (data["x"].nbytes + data["y"].nbytes) / 2**20,
         "threads": torch.get_num_threads(),

@@ -5,8 +5,8 @@ On a sampled step it records, per weight tensor, the gradient norm (before clipp
 update/weight ratio `||w_after - w_before|| / ||w_before||`, and per activation module
 (`nn.ReLU`, `nn.Sigmoid`, `nn.Tanh`) the fraction of dead or saturated units on that step's batch.
 Between sampled steps it does nothing: forward hooks exist only from the end of the step before a
-sampled one to that step's backward. Values stay on the device until 64 samples have gathered (checked at epoch ends) or
-training ends; one `.tolist()` then brings them all to the host.
+sampled one to that step's backward. Values stay on the device until 64 samples have gathered
+(checked at epoch ends) or training ends; one `.tolist()` then brings them all to the host.
 """
 
 from __future__ import annotations
