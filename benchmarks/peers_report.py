@@ -200,12 +200,14 @@ def overlap_verdict(studies: dict) -> str:
 
 def accuracy_lines(studies: dict) -> list[str]:
     lines = [
-        "| workload | target test accuracy | contender | epochs | s from fit call "
+        "| workload | target test accuracy | recipe | contender | epochs | s from fit call "
         "| s from process start |",
-        "|---|---:|---|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|",
     ]
+    recipes = {"sgd": "SGD lr 0.01 momentum 0.9", "adam": "Adam lr 0.001"}
     for row in studies["time_to_accuracy"]:
-        head = f"| {row['workload']} | {row['target']} | {row['contender']} "
+        recipe = recipes[row.get("optimizer", "sgd")]
+        head = f"| {row['workload']} | {row['target']} | {recipe} | {row['contender']} "
         if "error" in row:
             lines.append(head + f"| failed: {row['error']} | | |")
         elif row["epochs"] is None:

@@ -7,7 +7,11 @@ final files, written after it, are not counted). Prints one JSON line: epochs, s
 the fit call, seconds from the process start (imports included), the accuracy reached.
 
     python benchmarks/contenders/time_to_accuracy.py --contender torchloom \
-        --workload mlp-digits --target 0.97
+        --workload mlp-digits --target 0.97 --optimizer adam
+
+Recipes (`--optimizer`): `sgd` is the tutorial's SGD (lr 0.01, momentum 0.9); `adam` is Adam at
+its default lr 0.001. On digits the SGD recipe tops out at 0.9667 test accuracy (348 of 360) in
+60 epochs, so the 0.97 target is measured with Adam.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import time
 import common
 
 LEARNING_RATE = common.LEARNING_RATE["classification"]
+ADAM_LEARNING_RATE = 0.001
 
 
-def lean(workload, data, target, max_epochs, timer):
+def lean(workload, data, target, max_epochs, timer, recipe):
     import torch
 
     model = common.build_torch_model(workload, data)
@@ -31,6 +36,8 @@ def lean(workload, data, target, max_epochs, timer):
     features, targets = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
     test_features, test_targets = torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"])
     loss_function, optimizer = common.torch_loss_and_optimizer(workload, model)
+    if recipe == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=ADAM_LEARNING_RATE)
     generator = torch.Generator().manual_seed(common.SEED)
     for epoch in range(max_epochs):
         model.train()
@@ -56,7 +63,7 @@ def lean(workload, data, target, max_epochs, timer):
     return None, accuracy, None
 
 
-def torchloom(workload, data, target, max_epochs, timer):
+def torchloom(workload, data, target, max_epochs, timer, recipe):
     import torch
 
     import torchloom as tl
@@ -83,7 +90,9 @@ def torchloom(workload, data, target, max_epochs, timer):
             model,
             dataset,
             loss="cross_entropy",
-            optimizer={"name": "sgd", "lr": LEARNING_RATE, "momentum": 0.9},
+            optimizer={"name": "sgd", "lr": LEARNING_RATE, "momentum": 0.9}
+            if recipe == "sgd"
+            else {"name": "adam", "lr": ADAM_LEARNING_RATE},
             epochs=max_epochs,
             batch_size=common.BATCH_SIZE,
             seed=common.SEED,
@@ -101,6 +110,7 @@ def main() -> int:
     parser.add_argument("--target", type=float, required=True)
     parser.add_argument("--max-epochs", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     args = parser.parse_args()
     import torch
 
@@ -109,13 +119,16 @@ def main() -> int:
     data = common.load_data(workload, quick=False)
     timer = common.Timer()
     train = lean if args.contender == "lean" else torchloom
-    epochs, accuracy, finished = train(workload, data, args.target, args.max_epochs, timer)
+    epochs, accuracy, finished = train(
+        workload, data, args.target, args.max_epochs, timer, args.optimizer
+    )
     print(
         json.dumps(
             {
                 "contender": args.contender,
                 "workload": args.workload,
                 "target": args.target,
+                "optimizer": args.optimizer,
                 "epochs": epochs,
                 "accuracy": accuracy,
                 "seconds_from_fit": finished - timer.called if epochs else None,
