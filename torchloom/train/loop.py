@@ -141,9 +141,13 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
     parameters = [p for p in model.parameters() if p.requires_grad]
     last_batch = len(sizes) - 1
     total_samples = sum(sizes)
+    # Disabled parts are skipped, not called: a few µs a step, which short steps notice.
+    scaling = scaler.is_enabled()
+    clipping = parts.clip.max_norm is not None or parts.clip.max_value is not None
     for epoch in range(state.epoch, state.num_epochs):
         state.epoch = epoch
-        model.train()
+        if not model.training:  # after validation; walking the modules costs ~70 µs
+            model.train()
         notify("on_epoch_start", state)
         if loader.position == 0:
             state.epoch_losses = []
@@ -161,20 +165,26 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
                     outputs = parts.forward(inputs)  # (batch, num_outputs)
                     loss = parts.loss_fn(outputs, targets)  # the batch mean
                 weight = weights[batch_index]  # 1.0 unless accumulating
-                scaler.scale(loss if weight == 1.0 else loss * weight).backward()
+                scaled = loss if weight == 1.0 else loss * weight
+                (scaler.scale(scaled) if scaling else scaled).backward()
                 batch_losses.append(loss.detach())
                 if (batch_index + 1) % parts.accumulate and batch_index != last_batch:
                     continue  # more micro-batches to add to this step's gradients
                 notify("on_after_backward", state)
                 log_now = (state.step + 1) % parts.log_every == 0
-                scaler.unscale_(optimizer)  # clip and log true gradients under fp16
-                grad_norm = parts.clip(parameters, want_norm=log_now or parts.skip_nonfinite)
+                if scaling:
+                    scaler.unscale_(optimizer)  # clip and log true gradients under fp16
+                want_norm = log_now or parts.skip_nonfinite
+                grad_norm = parts.clip(parameters, want_norm) if clipping or want_norm else None
                 if parts.skip_nonfinite and not skip_check(loss, grad_norm):  # opt-in: syncs
                     optimizer.zero_grad(set_to_none=True)
                     state.skipped_steps += 1
                     continue
-                scaler.step(optimizer)
-                scaler.update()
+                if scaling:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
             state.lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the logs
             parts.schedule.after_step()
             state.step += 1
