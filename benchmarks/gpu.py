@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "and a CUDA build of torch; benchmarks/peers.py is the CPU suite.",
             file=sys.stderr,
         )
-        return 1
+        return 2
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test)"
     print(f"device: {name}; torch {torch.__version__}; {args.repeats} timed epochs each\n")
