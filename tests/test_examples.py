@@ -26,6 +26,8 @@ def test_example_validates_and_shows_how_to_run_it(path):
 # Examples on large datasets train here on a part of them; their full runs are quality tests.
 SMALLER = {
     "fashion_mnist_lenet.yaml": ["data.limit=6000"],
+    # torch.compile on a CPU builds C++ kernels for tens of seconds: the GPU options minus it.
+    "fashion_fast_gpu.yaml": ["data.limit=3000", "trainer.compile=false"],
     "rotten_tomatoes_bag.yaml": ["data.full=false"],
     # An LSTM over 12,808 snippets takes ~30 s an epoch on one core: the small corpus, a small net.
     "rotten_tomatoes_lstm.yaml": [

@@ -12,7 +12,7 @@ from torch import nn
 
 from torchloom import config as config_module
 from torchloom import data as data_module
-from torchloom import models
+from torchloom import models, optim
 from torchloom.assemble import (
     announce,
     built_in_callbacks,
@@ -96,6 +96,8 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "clip_value": ("trainer", "clip_value"),
     "precision": ("trainer", "precision"),
     "compile": ("trainer", "compile"),
+    "channels_last": ("trainer", "channels_last"),
+    "data_on_device": ("trainer", "data_on_device"),
     "deterministic": ("trainer", "deterministic"),
     "nonfinite": ("trainer", "nonfinite"),
     "diagnostics_every": ("trainer", "diagnostics_every"),
@@ -339,6 +341,8 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
             "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
             "optimizer": {
                 "name": config.optimizer.name,
+                # what was built: fused=True where torchloom chose it for CUDA
+                **optim.device_options(config.optimizer.name, config.optimizer.options, device),
                 **config.optimizer.options,
                 "lr": optimizer.defaults["lr"],
             },

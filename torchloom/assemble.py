@@ -4,6 +4,7 @@ and initialized, the loss, the optimizer, the loader, the task and the built-in 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from torchloom import models, optim
 from torchloom import transfer as transfer_module
 from torchloom.config import Config, ConfigError
 from torchloom.data import Augment, BatchLoader, Data
+from torchloom.data.placement import place
 from torchloom.errors import DataError, did_you_mean
 from torchloom.tasks import TASKS, make_task
 from torchloom.tasks import option_problems as task_option_problems
@@ -92,13 +94,17 @@ def prepare(
     trainer = config.trainer
     task = _task_for(config, data)
     _check_own_step(task, config, world)
-    data_on_device = task.prepare_data(data).to(device)
+    # On the device for the whole run, or (too big for the GPU) the training split on the host.
+    data_on_device, on_device = place(
+        task.prepare_data(data), device, trainer.data_on_device, trainer.channels_last
+    )
     model = model.to(device)
     num_outputs = data.num_outputs if task.uses_targets else None  # generative: sized by inputs
-    models.materialize(
-        model, data_on_device.train.features[:2], num_outputs, data.preprocess.vocab_size
-    )
+    sample = data_on_device.train.features[:2].to(device)  # (2, ...) for lazy layers' shapes
+    models.materialize(model, sample, num_outputs, data.preprocess.vocab_size)
     init_module.initialize(model, **config.init.model_dump())
+    if trainer.channels_last:
+        _to_channels_last(model, sample)
     parameters = model.parameters()
     transfer = config.transfer
     if transfer.source or transfer.freeze or transfer.backbone_lr:
@@ -108,7 +114,9 @@ def prepare(
         )
     loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loss_fn = task.wrap_loss(loss_fn).to(device)
-    optimizer = optim.make_optimizer(parameters, config.optimizer.name, **config.optimizer.options)
+    options = config.optimizer.options
+    options = {**optim.device_options(config.optimizer.name, options, device), **options}
+    optimizer = optim.make_optimizer(parameters, config.optimizer.name, **options)
     loader = BatchLoader(
         data_on_device.train.features,
         data_on_device.train.targets,
@@ -119,6 +127,7 @@ def prepare(
         augment=_augment_for(config, data),
         rank=world.rank,
         world_size=world.size,
+        device=None if on_device else device,
     )
     if len(loader) == 0:
         raise DataError(
@@ -126,6 +135,19 @@ def prepare(
             f"{len(data.train)} training samples. Lower batch_size or set drop_last: false."
         )
     return task, data_on_device, model, loss_fn, optimizer, loader
+
+
+def _to_channels_last(model: nn.Module, sample: torch.Tensor) -> None:
+    """Convert the model's 4-D weights to channels-last; say once when that does nothing."""
+    if sample.dim() != 4:
+        warnings.warn(
+            f"trainer.channels_last does nothing here: it applies to 4-D image inputs (batch, "
+            f"channels, height, width) and convolutions; these inputs are {sample.dim()}-D "
+            f"{tuple(sample.shape[1:])}. Remove it or load images (e.g. data.shape: image).",
+            stacklevel=6,  # the user's fit() or fit_config() call
+        )
+        return
+    model.to(memory_format=torch.channels_last)  # conv weights (out, in, kh, kw) restrided
 
 
 def _augment_for(config: Config, data: Data) -> Augment | None:

@@ -290,6 +290,14 @@ class TrainerConfig(Section):
     clip_value: float | None = Field(None, gt=0)
     precision: Literal["32", "bf16", "fp16"] = "32"
     compile: bool = False
+    channels_last: bool = Field(
+        False, description="convolutions in channels-last memory format (4-D image inputs only)"
+    )
+    data_on_device: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="keep the training split on the device (auto: if it fits in half"
+        " the free GPU memory) or on the host, copied a batch at a time",
+    )
     deterministic: bool = False
     nonfinite: Literal["stop", "skip"] = "stop"
     sync_batchnorm: bool = Field(False, description="under torchrun: batch norm over all ranks")

@@ -61,6 +61,38 @@ def option_problems(kind: str, name: str, options: dict, where: str) -> list[str
     ]
 
 
+# Optimizers with a fused CUDA kernel: one launch updates every parameter, instead of one (or,
+# with foreach, a few) per parameter tensor.
+FUSED_ON_CUDA = ("sgd", "adam", "adamw")
+
+
+def device_options(name: str, options: dict, device: torch.device | str) -> dict:
+    """The implementation options torchloom picks for optimizer `name` on `device`.
+
+    On CUDA, SGD, Adam and AdamW get `fused=True` unless the user chose an implementation
+    (`fused` or `foreach`) or asked for `differentiable` (which the fused kernels refuse). On
+    every other device PyTorch's default stands.
+
+    Args:
+        name: the optimizer's name.
+        options: the user's options for it.
+        device: the training device.
+
+    Returns:
+        Extra keyword arguments, `{"fused": True}` or `{}`; the user's options win over them.
+
+    Example:
+        >>> device_options("adamw", {"lr": 1e-3}, "cuda")
+        {'fused': True}
+        >>> device_options("adamw", {"lr": 1e-3}, "cpu")
+        {}
+    """
+    chosen = "fused" in options or "foreach" in options or options.get("differentiable")
+    if torch.device(device).type != "cuda" or name not in FUSED_ON_CUDA or chosen:
+        return {}
+    return {"fused": True}
+
+
 def make_optimizer(parameters, name: str = "sgd", **options) -> torch.optim.Optimizer:
     """Create a PyTorch optimizer by name.
 

@@ -36,6 +36,11 @@ class BatchLoader:
             `batch_size * world_size` would see it. A smaller last global batch is split as evenly
             as possible (part sizes differ by at most one); one with fewer samples than ranks is
             dropped.
+        device: None when the tensors already live on the training device: each batch is
+            gathered from them there. A device (host data too big for the GPU): the epoch is
+            gathered on the host into one reusable buffer (pinned when `device` is CUDA) and each
+            batch is copied with `.to(device, non_blocking=True)`; augmentation then runs on the
+            device. The batches are the same either way.
 
     The loader's position is exposable for resume: `state_dict()` holds the generator state at the
     start of the current epoch and how many batches of it were already yielded.
@@ -53,6 +58,7 @@ class BatchLoader:
         augment: Augment | None = None,
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | str | None = None,
     ):
         assert len(features) == len(targets)
         assert 0 <= rank < world_size
@@ -70,6 +76,15 @@ class BatchLoader:
         self.world_size = world_size
         # (start, end) of this rank's batches in the permuted order, and the global batch sizes
         self.bounds, self.global_sizes = self._plan()
+        self.device = features.device if device is None else torch.device(device)
+        self.channels_last = (
+            features.dim() == 4
+            and not features.is_contiguous()
+            and features.is_contiguous(memory_format=torch.channels_last)
+        )
+        self.copies_batches = device is not None
+        self.gathered: tuple[torch.Tensor, torch.Tensor] | None = None  # host buffers, made once
+        self.copies_done: torch.cuda.Event | None = None  # the last batch copy out of them
 
     def _plan(self) -> tuple[list[tuple[int, int]], list[int]]:
         n, ranks = len(self.features), self.world_size
@@ -107,7 +122,11 @@ class BatchLoader:
         order = None
         if self.shuffle:
             order = torch.randperm(len(features), generator=self.generator)
-            order = order.to(features.device)
+            if self.copies_batches:  # host data: the epoch in order, in the reused buffers
+                features, targets = self._gather_on_host(order)
+                order = None
+            else:
+                order = order.to(features.device)
         for batch_index in range(self.position, len(self)):
             self.position = batch_index + 1
             start, end = self.bounds[batch_index]
@@ -115,13 +134,37 @@ class BatchLoader:
                 inputs, batch_targets = features[start:end], targets[start:end]  # views
             else:  # this batch's rows only: no copy of the whole split per epoch
                 rows = order[start:end]
-                inputs = features.index_select(0, rows)
+                # index_select is the fastest gather but returns the standard layout; indexing
+                # keeps channels-last images channels-last.
+                inputs = features[rows] if self.channels_last else features.index_select(0, rows)
                 batch_targets = targets.index_select(0, rows)
+            if self.copies_batches:  # host data: one asynchronous copy per batch
+                inputs = inputs.to(self.device, non_blocking=True)
+                batch_targets = batch_targets.to(self.device, non_blocking=True)
+                if self.device.type == "cuda":
+                    self.copies_done = torch.cuda.Event()
+                    self.copies_done.record()
             if self.augment is not None:
                 inputs = self.augment(inputs, self.epoch, batch_index)
             yield inputs, batch_targets
         self.position = 0
         self.epoch += 1
+
+    def _gather_on_host(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's permuted split, gathered into host buffers reused every epoch (pinned for
+        a CUDA device, so the batch copies out of them are truly asynchronous)."""
+        if self.gathered is None:
+            pin = self.device.type == "cuda"  # pinning needs CUDA: never on a CPU-only run
+            self.gathered = (
+                torch.empty_like(self.features, pin_memory=pin),  # keeps channels-last strides
+                torch.empty_like(self.targets, pin_memory=pin),
+            )
+        if self.copies_done is not None:  # the last epoch's copies must have left the buffers
+            self.copies_done.synchronize()
+        features, targets = self.gathered
+        torch.index_select(self.features, 0, order, out=features)
+        torch.index_select(self.targets, 0, order, out=targets)
+        return features, targets
 
     def state_dict(self) -> dict:
         """The generator state at the start of the current epoch (or of the next one, between

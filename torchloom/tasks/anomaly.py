@@ -133,7 +133,8 @@ class Anomaly(Task):
 
         def scores(split) -> np.ndarray:
             outputs = outputs_of(model, split.features, batch_size)
-            return reconstruction_error(outputs, split.targets[:, 1:]).cpu().double().numpy()
+            targets = split.targets[:, 1:].to(outputs.device)  # a host training split: copy
+            return reconstruction_error(outputs, targets).cpu().double().numpy()
 
         if self.threshold_rule == "quantile":
             self.threshold = float(np.quantile(scores(data.train), self.quantile))

@@ -109,17 +109,20 @@ def outputs_of(model: nn.Module, features: torch.Tensor, batch_size: int) -> tor
 
     Args:
         model: the trained model (left in the mode it was in).
-        features: (num_samples, ...) inputs on the model's device.
+        features: (num_samples, ...) inputs, on the model's device or on the host.
         batch_size: rows per forward pass.
 
     Returns:
         (num_samples, num_outputs) float32 outputs.
     """
     was_training = model.training
+    # A training split kept on the host (too big for the GPU) is copied a batch at a time.
+    parameter = next(model.parameters(), None)
+    device = features.device if parameter is None else parameter.device
     model.eval()
     with torch.no_grad():
         outputs = [
-            model(features[start : start + batch_size]).float()
+            model(features[start : start + batch_size].to(device, non_blocking=True)).float()
             for start in range(0, len(features), batch_size)
         ]
     model.train(was_training)

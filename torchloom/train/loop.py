@@ -126,7 +126,7 @@ def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainSt
             strict=True,
         )
     ]
-    counts = torch.tensor(sizes, dtype=torch.float32, device=loader.features.device)
+    counts = torch.tensor(sizes, dtype=torch.float32, device=loader.device)
     notify("on_fit_start", state)
     try:
         _epochs(state, parts, notify, sizes, weights, counts)

@@ -172,7 +172,7 @@ class TensorBoardSink(Callback):
         if want_graph or self.histogram_every:
             self.writer = SummaryWriter(self.log_dir, purge_step=purge)
         if want_graph:
-            self.add_graph(state.model, state.loader.features[:2])
+            self.add_graph(state.model, state.loader.features[:2].to(state.loader.device))
             if not self.histogram_every:  # nothing more goes through it
                 self.writer.close()
                 self.writer = None
