@@ -145,15 +145,16 @@ class TensorBoardSink(Callback):
     """Writes every logged scalar to TensorBoard event files in the run directory; also the
     model graph once, and weight/gradient histograms every `histogram_every` optimizer steps.
 
-    Scalars go through an `EventFile` on the training thread; the graph (at the start) and the
+    Scalars go through an `EventFile` on the training thread; the graph (at the end) and the
     histograms go through PyTorch's `SummaryWriter`, into an event file of their own.
 
     Args:
         log_dir: where the event files go (the run directory).
         histogram_every: optimizer steps between histograms of every parameter and its gradient;
             None or 0: none (each one copies every parameter to the host).
-        graph: trace the model on two training samples at the start and log its graph. A model
-            that cannot be traced gets a warning, and training goes on.
+        graph: trace the model on two training samples and log its graph, when training ends
+            (tracing takes ~0.5 s, which would delay the first step). A model that cannot be
+            traced gets a warning.
     """
 
     def __init__(self, log_dir: str | Path, histogram_every: int | None = None, graph: bool = True):
@@ -162,20 +163,18 @@ class TensorBoardSink(Callback):
         self.graph = graph
         self.writer = None  # SummaryWriter, for the graph and histograms
         self.scalars: EventFile | None = None
+        self.graph_pending = False
 
     def on_fit_start(self, state: TrainState) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         # On resume, TensorBoard drops what an earlier process logged after the checkpoint.
         purge = state.step + 1 if state.step > 0 else None
-        want_graph = self.graph and state.step == 0 and state.loader is not None
-        if want_graph or self.histogram_every:
+        # The graph is traced when training ends: tracing costs ~0.5 s, which would otherwise
+        # delay the first step. A resumed run has its graph from the first process.
+        self.graph_pending = self.graph and state.step == 0 and state.loader is not None
+        if self.histogram_every:
             self.writer = SummaryWriter(self.log_dir, purge_step=purge)
-        if want_graph:
-            self.add_graph(state.model, state.loader.features[:2].to(state.loader.device))
-            if not self.histogram_every:  # nothing more goes through it
-                self.writer.close()
-                self.writer = None
         self.scalars = EventFile(self.log_dir, purge)
 
     def add_graph(self, model, example) -> None:
@@ -222,6 +221,12 @@ class TensorBoardSink(Callback):
         if self.scalars is not None:
             self.scalars.close()
             self.scalars = None
+        if self.graph_pending:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.graph_pending = False
+            self.writer = self.writer or SummaryWriter(self.log_dir)
+            self.add_graph(state.model, state.loader.features[:2].to(state.loader.device))
         if self.writer is not None:
             self.writer.close()
             self.writer = None
