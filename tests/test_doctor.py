@@ -366,3 +366,25 @@ def test_doctor_cli_errors_exit_2(tmp_path):
     assert result.returncode == 2
     assert "not a run directory (no config.yaml)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_duplicates_are_the_held_out_rows_equal_to_some_training_row():
+    from types import SimpleNamespace
+
+    from torchloom.data import Split
+    from torchloom.diagnosis.facts import duplicates
+
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(300, 6, generator=generator)
+    val = torch.randn(40, 6, generator=generator)
+    val[[3, 17, 29]] = train[[250, 0, 250]]  # three copies, two of the same training row
+    test = torch.randn(20, 6, generator=generator)
+    test[5] = train[7].clone()
+    test[6] = train[7] + 1e-6  # close is not a copy
+    splits = {name: Split(x, torch.zeros(len(x))) for name, x in (("train", train), ("val", val))}
+    data = SimpleNamespace(**splits, test=Split(test, torch.zeros(len(test))))
+    assert duplicates(data) == {
+        "val": {"count": 3, "of": 40, "examples": [3, 17, 29]},
+        "test": {"count": 1, "of": 20, "examples": [5]},
+    }
+    assert duplicates(SimpleNamespace(train=splits["train"], val=None, test=None)) == {}

@@ -130,14 +130,28 @@ def class_facts(data, num_classes: int) -> dict:
 
 
 def duplicates(data) -> dict:
-    """Rows of val and test that are exact copies of a training row (same feature values)."""
-    seen = {row.tobytes() for row in _rows(data.train)}
+    """Rows of val and test that are exact copies of a training row (same feature values).
+
+    Training rows are indexed by the hash of their bytes, and a held-out row whose hash matches
+    is compared value by value: a set of the rows' bytes themselves held a second copy of the
+    training data (188 MB for 60,000 x 784 floats) at the end of every fit.
+    """
+    held_out = [(name, getattr(data, name)) for name in ("val", "test")]
+    held_out = [(name, split) for name, split in held_out if split is not None]
+    if not held_out:
+        return {}
+    train_rows = _rows(data.train)
+    by_hash: dict[int, list[int]] = {}
+    for index, row in enumerate(train_rows):
+        by_hash.setdefault(hash(row.tobytes()), []).append(index)
+
+    def is_copy(row: np.ndarray) -> bool:
+        candidates = by_hash.get(hash(row.tobytes()), ())
+        return any(np.array_equal(row, train_rows[index]) for index in candidates)
+
     result = {}
-    for name in ("val", "test"):
-        split = getattr(data, name)
-        if split is None:
-            continue
-        copies = [i for i, row in enumerate(_rows(split)) if row.tobytes() in seen]
+    for name, split in held_out:
+        copies = [i for i, row in enumerate(_rows(split)) if is_copy(row)]
         result[name] = {"count": len(copies), "of": len(split), "examples": copies[:5]}
     return result
 
