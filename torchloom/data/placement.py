@@ -1,8 +1,8 @@
 """Where a dataset's tensors live during `fit`: on the device, or on the host a batch at a time.
 
 A dataset that fits in GPU memory is copied there once and stays for the whole run: the loader
-then gathers and slices on the GPU, with no host-to-device copy per step. One that does not fit
-keeps its training split on the host, in pinned (page-locked) memory on CUDA, and the loader
+then gathers each batch's rows on the GPU, with no host-to-device copy per step. One that does
+not fit keeps its training split on the host, in pinned (page-locked) memory on CUDA, and the loader
 copies each batch with `.to(device, non_blocking=True)`: the copy overlaps the GPU's work on the
 previous step. Validation and test splits always move to the device (the evaluator and
 `Run.evaluate` read them whole); they are usually the smaller part.
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from torchloom.data import Data, Split
 
 # Auto placement keeps the data on a CUDA device when it takes at most this share of the free
-# memory: the rest is for the weights, the optimizer state, activations and the gathered copy
-# of the training split that each epoch's permutation makes.
+# memory: the rest is for the weights, the optimizer state and the activations (the loader
+# gathers one batch at a time on the device, never a copy of the whole split).
 DEVICE_MEMORY_FRACTION = 0.5
 
 
