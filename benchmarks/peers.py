@@ -14,13 +14,16 @@ section between the peers markers in docs/benchmarks.md.
 
 Usage:
     python benchmarks/peers.py [--quick] [--rounds N] [--repeats N] [--workloads a,b]
-                               [--threads N] [--[no-]options] [--skip-studies] [--write-docs]
+                               [--contenders "torchloom,torchloom quiet"] [--threads N]
+                               [--[no-]options] [--skip-studies] [--write-docs]
 
 `--quick`: small slices of the data, one round of 3 repeats, no option variants: about 5-8
 minutes on a quiet 2-core machine (most of it process start-up: Lightning and Keras take
 several seconds to import). A full run (`make bench`: full data, 2 rounds of 3 repeats, the
 option variants, the studies) takes about 45 minutes there (estimated from the quick run's
-rates; LeNet and the LSTM take most of it); `--no-options` saves about a third.
+rates; LeNet and the LSTM take most of it; the run of 2026-11-27 took 35 minutes);
+`--no-options` saves about a third. `--contenders` runs only the named rows (the lean loop
+always runs, as every ratio's baseline): what to use while working on one of them.
 """
 
 from __future__ import annotations
@@ -288,18 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     prepare_data()
     if args.prepare:
         return 0
-    missing = [c.needs for c in CONTENDERS if not available(c)]
-    for name in sorted(set(missing)):
+    missing = sorted({c.needs for c in CONTENDERS if not available(c)})
+    for name in missing:
         print(f"skipping {name}: not installed ({PEERS_EXTRA} brings the peers)")
     contenders = [c for c in CONTENDERS if available(c)]
     if args.options if args.options is not None else not args.quick:
         contenders += OPTION_CONTENDERS
     if args.contenders:
         wanted = {name.strip() for name in args.contenders.split(",")} | {"lean"}
-        known = {c.name for c in CONTENDERS + OPTION_CONTENDERS}
-        if unknown := sorted(wanted - known):
+        known = [c.name for c in CONTENDERS + OPTION_CONTENDERS]
+        if unknown := sorted(wanted - set(known)):
             parser.error(f"--contenders: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-        contenders = [c for c in CONTENDERS + OPTION_CONTENDERS if c.name in wanted]
+        chosen = CONTENDERS + OPTION_CONTENDERS
+        contenders = [c for c in chosen if c.name in wanted and available(c)]
     results = {}
     for workload in args.workloads.split(","):
         chosen = [c for c in contenders if c.workloads is None or workload in c.workloads]
