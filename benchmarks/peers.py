@@ -297,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [c for c in CONTENDERS if available(c)]
     if args.options if args.options is not None else not args.quick:
         contenders += OPTION_CONTENDERS
+    if args.contenders and args.write_docs:
+        parser.error(
+            "--write-docs replaces the whole peers section of docs/benchmarks.md: "
+            "run it without --contenders"
+        )
     if args.contenders:
         wanted = {name.strip() for name in args.contenders.split(",")} | {"lean"}
         known = [c.name for c in CONTENDERS + OPTION_CONTENDERS]
