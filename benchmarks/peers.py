@@ -2,12 +2,15 @@
 
 Every contender trains the same model on the same data with the same batch size (100), the
 same number of optimizer steps and the same seed, each in its own process
-(`benchmarks/contenders/<name>.py`), one warm-up epoch and then `--repeats` timed repeats. The
+(`benchmarks/contenders/<name>.py`), one warm-up epoch, `--repeats` timed repeats and one
+untimed last epoch (so that what a framework does once after training is not timed as
+training). The
 contenders of one workload run in rounds, in a rotated order each round, with the lean loop in
 every round, so that each ratio compares runs made under the same machine load.
 
 Reported per workload: median samples/s, its ratio to the lean loop's median, peak RSS, time
-from the fit call to the first optimizer step, and the framework's import time. Besides: the
+from the fit call to the first optimizer step, from the last epoch end to the fit call's
+return, and the framework's import time. Besides: the
 time to import torchloom and to answer `torchloom --help`, where the first optimizer's ~2 s go,
 time-to-accuracy, and scaling with rows and width (PNG plots). `--write-docs` replaces only the
 section between the peers markers in docs/benchmarks.md.

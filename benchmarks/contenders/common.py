@@ -10,10 +10,13 @@ framework's import, loads the cached data, and prints one JSON line.
 The data is prepared once by `benchmarks/peers.py` (`prepare_data`) as .npy files in a cache
 folder, so that every contender reads the same arrays and no contender pays another's loader.
 
-Timing: one process trains `1 + repeats x epochs_per_repeat` epochs. The first epoch is the
+Timing: one process trains `1 + repeats x epochs_per_repeat + 1` epochs. The first epoch is the
 warm-up (allocator growth, lazy imports, worker start-up); each repeat is the wall time between
 two epoch-end timestamps, so it holds everything the framework does per step and per epoch
-(progress bars, loggers, checkpoints), and nothing it does once per call.
+(progress bars, loggers, checkpoints), and nothing it does once per call. The last epoch is
+untimed too: what a framework does once after its last epoch (a final checkpoint written at that
+epoch's end) falls in it, not in the last repeat; the time from the last epoch end to the fit
+call's return (`timer.fit_returned()`) is reported on its own.
 """
 
 from __future__ import annotations
@@ -206,6 +209,7 @@ class Timer:
         self.called: float | None = None
         self.first_step: float | None = None
         self.epoch_ends: list[float] = []
+        self.returned: float | None = None
         self.training_peak_mb = 0.0
 
     def fit_called(self) -> None:
@@ -220,6 +224,10 @@ class Timer:
         # The process's peak so far: at the last epoch end, the peak while training (what a
         # framework does after its loop, a report or a summary, is in the final peak only).
         self.training_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def fit_returned(self) -> None:
+        """Right after the framework's fit call returns (its report, its final files)."""
+        self.returned = time.perf_counter()
 
 
 TrainFunction = Callable[[Workload, dict, int, Timer, dict], dict | None]
@@ -252,10 +260,12 @@ def main(train: TrainFunction, framework_import: Callable[[], str]) -> int:
     if args.hidden:
         options["hidden"] = [int(width) for width in args.hidden.split(",")]
     timer = Timer()
-    epochs = 1 + args.repeats * epochs_per_repeat
+    # A warm-up epoch, the timed repeats, and an untimed last epoch (see the module docstring).
+    epochs = 1 + args.repeats * epochs_per_repeat + 1
     # Frameworks print progress to stdout: keep it out of the JSON line.
     with contextlib.redirect_stdout(sys.stderr):
         extra = train(workload, data, epochs, timer, options) or {}
+    returned = timer.returned if timer.returned is not None else time.perf_counter()
     if len(timer.epoch_ends) != epochs:
         raise SystemExit(f"expected {epochs} epoch ends, got {len(timer.epoch_ends)}")
     ends = timer.epoch_ends
@@ -273,6 +283,7 @@ def main(train: TrainFunction, framework_import: Callable[[], str]) -> int:
         "import_seconds": import_seconds,
         "first_step_seconds": timer.first_step - timer.called,
         "warmup_epoch_seconds": ends[0] - timer.called,
+        "finish_seconds": returned - ends[-1],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "training_peak_rss_mb": timer.training_peak_mb,
         "rss_after_import_mb": rss_after_import,

@@ -79,6 +79,7 @@ def train(workload, data, epochs, timer, options):
         shuffle=True,
         callbacks=[Timestamps()],
     )
+    timer.fit_returned()
 
 
 if __name__ == "__main__":

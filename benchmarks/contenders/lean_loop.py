@@ -49,6 +49,7 @@ def train(workload, data, epochs, timer, options):
             optimizer.step()
             timer.step_done()
         timer.epoch_done()
+    timer.fit_returned()
     return {"weights_checksum": common.weights_checksum(model)}
 
 

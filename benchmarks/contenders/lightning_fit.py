@@ -76,6 +76,7 @@ def train(workload, data, epochs, timer, options):
         )
         timer.fit_called()
         trainer.fit(module, loader)
+        timer.fit_returned()
     return {"weights_checksum": common.weights_checksum(module.net)}
 
 

@@ -46,6 +46,7 @@ def train(workload, data, epochs, timer, options):
     )
     timer.fit_called()
     net.fit(data["x"], data["y"])
+    timer.fit_returned()
     return {"weights_checksum": common.weights_checksum(net.module_)}
 
 

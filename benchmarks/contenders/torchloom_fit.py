@@ -50,6 +50,7 @@ def train(workload, data, epochs, timer, options):
             compile=options.get("compile") == "1",
             callbacks=[Timestamps()],
         )
+        timer.fit_returned()
     return {"weights_checksum": common.weights_checksum(run.model)}
 
 

@@ -39,6 +39,7 @@ def train(workload, data, epochs, timer, options):
             timer.step_done()
             running_loss += loss.item()  # the tutorial prints it every 2,000 mini-batches
         timer.epoch_done()
+    timer.fit_returned()
     return {"weights_checksum": common.weights_checksum(net)}
 
 

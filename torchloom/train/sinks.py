@@ -15,17 +15,22 @@ class JsonlSink(Callback):
     """`metrics.jsonl`: one JSON object per logged step and per epoch.
 
     Step lines carry `step`, `epoch`, `train/loss`, `lr` (and `grad_norm`, step validation);
-    epoch lines add `"kind": "epoch"` and every validation metric. The file is append-only: each
-    line goes out in one `write` system call (so a killed process never leaves half a line) and
-    the file is fsynced before every checkpoint and at the end. On resume it is rewritten
-    atomically without the lines past the checkpoint's step, which are then logged again: no
-    step twice, none missing.
+    epoch lines add `"kind": "epoch"` and every validation metric. The file is append-only:
+    lines are written whole, in one `write` system call per batch of lines (so a killed process
+    never leaves half a line), at most `flush_seconds` after they were logged, before every
+    checkpoint (then fsynced) and at the end. Epochs of a few milliseconds thus cost one system
+    call a second, not one each. A killed process loses at most the last `flush_seconds` of
+    lines, all past its last checkpoint. On resume the file is rewritten atomically without the
+    lines past the checkpoint's step, which are then logged again: no step twice, none missing.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, flush_seconds: float = 1.0):
         self.path = Path(path)
         self.descriptor: int | None = None
         self.epochs_written = 0
+        self.flush_seconds = flush_seconds
+        self.pending: list[str] = []  # lines not yet written
+        self.last_flush = 0.0
 
     def on_fit_start(self, state: TrainState) -> None:
         if state.step > 0 and self.path.is_file():  # resuming
@@ -34,9 +39,19 @@ class JsonlSink(Callback):
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.epochs_written = len(state.history)
+        self.last_flush = time.monotonic()
 
     def write(self, payload: dict) -> None:
-        os.write(self.descriptor, (json.dumps(payload) + "\n").encode())
+        self.pending.append(json.dumps(payload) + "\n")
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines, whole, in one system call."""
+        if self.pending and self.descriptor is not None:
+            os.write(self.descriptor, "".join(self.pending).encode())
+            self.pending.clear()
+        self.last_flush = time.monotonic()
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.step_logs is not None:
@@ -51,6 +66,7 @@ class JsonlSink(Callback):
     def sync(self) -> None:
         """Make the lines so far durable; the checkpoint calls this before each save."""
         if self.descriptor is not None:
+            self.flush()
             os.fsync(self.descriptor)
 
     def on_fit_end(self, state: TrainState) -> None:
@@ -58,6 +74,7 @@ class JsonlSink(Callback):
             # An epoch that ended in NaN never reached on_epoch_end; it is still in the history.
             for row in state.history[self.epochs_written :]:
                 self.write({"kind": "epoch", "step": state.step, **row})
+            self.flush()
             os.fsync(self.descriptor)
             os.close(self.descriptor)
             self.descriptor = None
@@ -89,8 +106,10 @@ class EventFile:
 
     `SummaryWriter` hands every event to a writer thread; for an epoch of a few milliseconds
     that thread's wake-up and its turn on the GIL cost more than the event (~0.5 ms against
-    ~30 µs here). Events go to a buffered file, flushed at most every `flush_seconds` and on
-    close; a killed process loses at most that much, and readers skip a cut-off record.
+    ~30 µs here). Scalars are kept as plain values and turned into events (protos, checksums)
+    and written together at most every `flush_seconds`, on `sync` and on close: in a tight
+    batch, an event costs a third of what it costs alone between two epochs. A killed process
+    loses at most that much, and readers skip a cut-off record.
 
     Args:
         log_dir: the folder (a run directory).
@@ -112,22 +131,34 @@ class EventFile:
         self.records = RecordWriter(self.file)
         self.flush_seconds = flush_seconds
         self.last_flush = time.monotonic()
+        # (wall time, step, prefix, [(key, value), ...]) of scalars not yet written
+        self.pending: list[tuple[float, int, str, list]] = []
         self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_step is not None:
             start = SessionLog(status=SessionLog.START)
             self.write(Event(wall_time=time.time(), step=purge_step, session_log=start))
 
     def write(self, event) -> None:
+        """Write one event now, after the pending scalars (which it must follow)."""
+        self._write_pending()
         self.records.write(event.SerializeToString())
-        if time.monotonic() - self.last_flush >= self.flush_seconds:
-            self.flush()
 
     def add_scalars(self, logs: dict[str, float], step: int, prefix: str = "") -> None:
         """Every scalar of `logs` at `step`, as one event (`add_scalar` writes one per key)."""
-        values = [self.Summary.Value(tag=prefix + key, simple_value=v) for key, v in logs.items()]
-        self.write(self.Event(wall_time=time.time(), step=step, summary=self.Summary(value=values)))
+        self.pending.append((time.time(), step, prefix, list(logs.items())))
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def _write_pending(self) -> None:
+        Event, Summary = self.Event, self.Summary
+        for wall_time, step, prefix, items in self.pending:
+            values = [Summary.Value(tag=prefix + key, simple_value=v) for key, v in items]
+            event = Event(wall_time=wall_time, step=step, summary=Summary(value=values))
+            self.records.write(event.SerializeToString())
+        self.pending.clear()
 
     def flush(self) -> None:
+        self._write_pending()
         self.records.flush()
         self.last_flush = time.monotonic()
 
@@ -138,6 +169,7 @@ class EventFile:
         os.fsync(self.file.fileno())
 
     def close(self) -> None:
+        self._write_pending()
         self.records.close()
 
 
@@ -243,10 +275,12 @@ def format_logs(logs: dict[str, float], keys: tuple[str, ...] = ()) -> str:
 class ProgressBar(Callback):
     """A rich progress bar per epoch (steps, samples/s, loss, ETA) and one summary line per epoch.
 
-    When the output is not a terminal (CI logs, pipes) it prints only the epoch lines.
+    When the output is not a terminal (CI logs, pipes) it prints only the epoch lines, as plain
+    text, flushed at most every `flush_seconds` (epochs of a few milliseconds would otherwise
+    pay a system call each) and when training ends.
     """
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, flush_seconds: float = 1.0):
         from rich.console import Console
 
         self.console = console or Console(stderr=False)
@@ -254,6 +288,8 @@ class ProgressBar(Callback):
         self.task_id = None
         self.epoch_started = 0.0
         self.update_every = 1
+        self.flush_seconds = flush_seconds
+        self.last_flush = 0.0
 
     def on_fit_start(self, state: TrainState) -> None:
         if self.console.is_terminal:
@@ -314,12 +350,17 @@ class ProgressBar(Callback):
             self.console.print(line, highlight=False, soft_wrap=True, markup=False)
         else:  # a log file or pipe: plain text (rich's rendering costs ~0.3 ms a line)
             self.console.file.write(line + "\n")
-            self.console.file.flush()
+            now = time.monotonic()
+            if now - self.last_flush >= self.flush_seconds:
+                self.console.file.flush()
+                self.last_flush = now
 
     def on_fit_end(self, state: TrainState) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        else:
+            self.console.file.flush()
 
 
 __all__ = ["JsonlSink", "ProgressBar", "TensorBoardSink", "format_logs"]
