@@ -98,6 +98,27 @@ def test_loader_slices_a_seeded_permutation_and_covers_every_sample():
     assert len(BatchLoader(features, targets, batch_size=5, drop_last=True)) == 4
 
 
+def test_small_and_large_splits_give_the_same_batches_and_keep_them(monkeypatch):
+    """Small splits gather the epoch at once, large ones per batch: the batches are the same,
+    and a batch kept from an earlier epoch is never overwritten by a later one."""
+    import torchloom.data.loader as loader_module
+
+    features = torch.randn(37, 2, 3, 3).contiguous(memory_format=torch.channels_last)
+    epochs = {}
+    for limit in (loader_module.SMALL_SPLIT_BYTES, 0):
+        monkeypatch.setattr(loader_module, "SMALL_SPLIT_BYTES", limit)
+        loader = BatchLoader(features, torch.arange(37), batch_size=8, seed=5)
+        assert loader.small == (limit > 0)
+        epochs[limit] = [list(loader) for _ in range(3)]
+    small, large = epochs.values()
+    order = torch.randperm(37, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.cat([x for x, _ in small[0]]), features[order])
+    for small_epoch, large_epoch in zip(small, large, strict=True):
+        for (x_small, y_small), (x_large, y_large) in zip(small_epoch, large_epoch, strict=True):
+            assert torch.equal(x_small, x_large) and torch.equal(y_small, y_large)
+            assert x_small.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_loader_resumes_mid_epoch_with_the_same_batches():
     features = torch.arange(40, dtype=torch.float32).unsqueeze(1)
     loader = BatchLoader(features, torch.arange(40), batch_size=4, seed=0)
