@@ -54,8 +54,9 @@ def activation_statistic(kind: str, output: torch.Tensor) -> torch.Tensor:
             per_unit = output.reshape(output.shape[0], output.shape[1], -1)
         else:
             per_unit = output.reshape(-1, 1, 1)
-        alive = (per_unit > 0).any(dim=2).any(dim=0)
-        return 1.0 - alive.float().mean()
+        # A unit is alive when its largest output is above 0 (a NaN maximum: dead). One
+        # reduction: `(per_unit > 0).any(2).any(0)` gives the same and costs twice as much.
+        return (per_unit.amax(dim=(0, 2)) > 0).logical_not().float().mean()
     if kind == "sigmoid":
         return ((output < SATURATION_MARGIN) | (output > 1 - SATURATION_MARGIN)).float().mean()
     return (output.abs() > 1 - SATURATION_MARGIN).float().mean()
