@@ -8,7 +8,6 @@ import torch
 
 from torchloom.data.augment import Augment
 
-
 SMALL_SPLIT_BYTES = 8 * 2**20  # features and targets together
 
 
