@@ -22,9 +22,9 @@ Usage:
 
 `--quick`: small slices of the data, one round of 3 repeats, no option variants: about 5-8
 minutes on a quiet 2-core machine (most of it process start-up: Lightning and Keras take
-several seconds to import). A full run (`make bench`: full data, 2 rounds of 3 repeats, the
-option variants, the studies) takes about 45 minutes there (estimated from the quick run's
-rates; LeNet and the LSTM take most of it; the run of 2026-11-27 took 35 minutes);
+several seconds to import). A full run (`make bench`: full data, 2 rounds of 3 repeats, 6
+rounds for digits, whose short processes vary most, the option variants, the studies) takes
+about 45 minutes there (LeNet and the LSTM take most of it);
 `--no-options` saves about a third. `--contenders` runs only the named rows (the lean loop
 always runs, as every ratio's baseline): what to use while working on one of them.
 """
@@ -227,7 +227,8 @@ def available(contender: Contender) -> bool:
 def measure_workload(workload: str, contenders: list[Contender], args) -> list[Outcome]:
     """Rounds of every contender, in a rotated order each round; the lean loop in each round."""
     outcomes = [Outcome(contender) for contender in contenders]
-    for round_index in range(args.rounds):
+    rounds = args.rounds * (1 if args.quick else common.WORKLOADS[workload].rounds_factor)
+    for round_index in range(rounds):
         shift = round_index % len(outcomes)
         for outcome in outcomes[shift:] + outcomes[:shift]:
             if outcome.error:

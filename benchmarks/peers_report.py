@@ -47,7 +47,19 @@ def machine_lines(args, seconds: float) -> list[str]:
         "otherwise; DataLoader workers run 1 thread each",
         "load average (1, 5, 15 min) at the end: "
         + ", ".join(f"{load:.2f}" for load in os.getloadavg()),
-        f"rounds {args.rounds} x repeats {args.repeats} per contender, after a warm-up epoch; "
+        f"rounds {args.rounds} x repeats {args.repeats} per contender"
+        + (
+            ""
+            if args.quick
+            else " ("
+            + ", ".join(
+                f"{name}: {args.rounds * w.rounds_factor} rounds"
+                for name, w in peers.common.WORKLOADS.items()
+                if w.rounds_factor > 1
+            )
+            + ")"
+        )
+        + ", after a warm-up epoch and before an untimed last epoch; "
         f"{'--quick (small slices of the data)' if args.quick else 'full data'}; "
         f"the whole run took {seconds / 60:.1f} min",
     ]
