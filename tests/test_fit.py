@@ -248,3 +248,14 @@ def test_custom_module_runs_reload_with_the_users_class(tmp_path, digits):
         tl.load_run(run.dir)
     again = tl.load_run(run.dir, model=TutorialNet())
     assert torch.equal(again.model.fc3.weight, run.model.fc3.weight)
+
+
+def test_the_live_progress_bar_in_a_terminal_lasts_every_epoch(digits, monkeypatch, capsys):
+    """In a terminal the bar is redrawn each epoch: rich's `reset` replaces a task's fields, and
+    the epoch's columns (loss, speed) must still be there to render from epoch 2 on."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich treats stdout as a terminal
+    tl.fit("mlp", digits, epochs=3, batch_size=64, log_every=5, progress=True)
+    shown = capsys.readouterr().out
+    assert "\x1b[" in shown  # the live display's control codes: it was a terminal
+    for epoch in (1, 2, 3):
+        assert f"epoch {epoch}/3" in shown

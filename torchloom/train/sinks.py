@@ -316,13 +316,14 @@ class ProgressBar(Callback):
     def on_epoch_start(self, state: TrainState) -> None:
         self.epoch_started = time.perf_counter()
         if self.progress is not None:
-            label = f"{state.epoch + 1}/{state.num_epochs}"
+            # Every field the columns render: rich's `reset` replaces the task's fields.
+            fields = {"epoch": f"{state.epoch + 1}/{state.num_epochs}", "loss": "-", "speed": ""}
             if self.task_id is None:
                 self.task_id = self.progress.add_task(
-                    "train", total=state.steps_per_epoch, epoch=label, loss="-", speed=""
+                    "train", total=state.steps_per_epoch, **fields
                 )
             else:
-                self.progress.reset(self.task_id, total=state.steps_per_epoch, epoch=label)
+                self.progress.reset(self.task_id, total=state.steps_per_epoch, **fields)
             # The bar redraws 10 times a second: ~100 updates an epoch are plenty.
             self.update_every = max(1, state.steps_per_epoch // 100)
 
