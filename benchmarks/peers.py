@@ -72,6 +72,13 @@ CONTENDERS = [
         ("progress=0", "output=0"),
         note="progress=False, output_dir=None",
     ),
+    Contender(
+        "torchloom terminal",
+        "torchloom_fit.py",
+        ("terminal=1",),
+        workloads=("mlp-digits", "mlp-784"),
+        note="fit defaults with rich's live bar, as in a terminal",
+    ),
     Contender("tutorial w0", "tutorial_loop.py", ("workers=0",), note="DataLoader num_workers=0"),
     Contender("tutorial w2", "tutorial_loop.py", ("workers=2",), note="DataLoader num_workers=2"),
     Contender(
@@ -105,6 +112,8 @@ OPTION_CONTENDERS = [
     ),
 ]
 PEERS_EXTRA = 'pip install "torchloom[bench]"'
+# Same batches, same steps, same kernels: these end with the lean loop's weights.
+SAME_WEIGHTS = ("lean", "torchloom", "torchloom quiet", "torchloom terminal")
 
 
 @dataclass
@@ -256,7 +265,7 @@ def check_same_weights(workload: str, outcomes: list[Outcome]) -> None:
     sums = {
         outcome.contender.name: outcome.results[0].get("weights_checksum")
         for outcome in outcomes
-        if outcome.results and outcome.contender.name in ("lean", "torchloom", "torchloom quiet")
+        if outcome.results and outcome.contender.name in SAME_WEIGHTS
     }
     if "lean" in sums and len(sums) > 1:
         for name, value in sums.items():

@@ -2,11 +2,14 @@
 
 Progress bar on, metrics.jsonl and TensorBoard events, checkpoints (at most one per 30 s of
 epochs, and at the end), the final model and report. Options: `progress=0`, `output=0` (no run
-directory: nothing written), `compile=1`.
+directory: nothing written), `compile=1`, `terminal=1` (rich takes the output for a terminal, as
+at a user's prompt, and draws its live progress bar; the output is a pipe here, which
+`peers.py` reads and drops).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 import common
@@ -29,6 +32,8 @@ def train(workload, data, epochs, timer, options):
         def on_epoch_end(self, state):
             timer.epoch_done()
 
+    if options.get("terminal") == "1":
+        os.environ["TTY_COMPATIBLE"] = "1"  # rich: a terminal, so the live bar is drawn
     model = common.build_torch_model(workload, data, options.get("hidden"))
     classification = workload.task == "classification"
     with tempfile.TemporaryDirectory(prefix="torchloom-bench-") as run_root:
