@@ -363,8 +363,10 @@ Rerun `python benchmarks/overhead.py --write-docs` to refresh every number on th
 progress line per epoch (stdout is not a terminal here, so no live bar) and everything `fit`
 writes into a run directory: metrics logs, TensorBoard events, fsynced checkpoint folders
 (at most one per 30 s of epochs, and after the last epoch), and at the end the model, the
-summary and the report with its plots (about 0.2-0.3 s per run, most of it matplotlib: the
-larger part of "full" overhead on these short runs of 1-2 s).
+summary, the doctor's facts and the report with its plots: about 0.5-0.7 s per run once
+their imports are paid (the report's matplotlib plots about 0.35 s of it), which is the larger
+part of "full" overhead on these short runs of 1-2 s. `benchmarks/peers.py` below times
+epochs apart from these once-per-call costs, which it reports in their own column.
 
 ## Where the difference goes
 
