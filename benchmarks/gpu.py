@@ -15,6 +15,11 @@ images (throughput only: no CIFAR-10 download on an offline machine). Batch 100 
                  checkpoints) as the CLI does
     torchloom fast  the same with precision="bf16", channels_last=True, an explicit fused SGD
                  and compile=True (--no-compile leaves compile out)
+    lean graphs  lean with torch.compile(mode="reduce-overhead"): CUDA graphs replay the
+                 forward and backward, one launch each instead of one per kernel
+    torchloom graphs       fit(compile="reduce-overhead"), fp32
+    torchloom fast graphs  torchloom fast with compile="reduce-overhead"
+                 (--no-compile leaves out the three graphs rows)
 
 Targets (issue #10): torchloom >= 0.95x the lean GPU loop and >= 2x the tutorial loop.
 
@@ -80,8 +85,11 @@ def workloads(quick: bool):
     ]
 
 
-def lean(model, features, targets, batch_size, epochs, device, fast: bool) -> list[float]:
-    """Epoch-end timestamps of the lean GPU loop (data copied to the device once)."""
+def lean(
+    model, features, targets, batch_size, epochs, device, fast: bool, graphs: bool = False
+) -> list[float]:
+    """Epoch-end timestamps of the lean GPU loop (data copied to the device once); `graphs`
+    compiles the model with mode="reduce-overhead" (CUDA graphs)."""
     import torch
     from torch import nn
 
@@ -99,6 +107,7 @@ def lean(model, features, targets, batch_size, epochs, device, fast: bool) -> li
         if fast
         else contextlib.nullcontext
     )
+    forward = torch.compile(model, mode="reduce-overhead") if graphs else model
     generator = torch.Generator(device=device).manual_seed(SEED)
     ends = []
     for _epoch in range(epochs):
@@ -106,8 +115,10 @@ def lean(model, features, targets, batch_size, epochs, device, fast: bool) -> li
         shuffled_features, shuffled_targets = features[order], targets[order]
         for start in range(0, len(features), batch_size):
             optimizer.zero_grad(set_to_none=True)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast():
-                outputs = model(shuffled_features[start : start + batch_size])
+                outputs = forward(shuffled_features[start : start + batch_size])
                 loss = loss_function(outputs, shuffled_targets[start : start + batch_size])
             loss.backward()
             optimizer.step()
@@ -140,7 +151,7 @@ def tutorial(model, features, targets, batch_size, epochs, device, fast: bool) -
     return ends
 
 
-def torchloom(model, features, targets, batch_size, epochs, device, fast: bool, compile_=True):
+def torchloom(model, features, targets, batch_size, epochs, device, fast: bool, compile_=False):
     import torchloom as tl
 
     ends = []
@@ -167,7 +178,7 @@ def torchloom(model, features, targets, batch_size, epochs, device, fast: bool, 
             device=str(device),
             precision="bf16" if fast else "32",
             channels_last=fast,  # both workloads are CNNs on (n, c, h, w) images
-            compile=fast and compile_,
+            compile=compile_,
             output_dir=run_root,
             callbacks=[EpochEnds()],
         )
@@ -204,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         "torchloom": lambda *a: torchloom(*a, fast=False),
         "torchloom fast": lambda *a: torchloom(*a, fast=True, compile_=not args.no_compile),
     }
+    if not args.no_compile:
+        contenders["lean graphs"] = lambda *a: lean(*a, fast=False, graphs=True)
+        contenders["torchloom graphs"] = lambda *a: torchloom(
+            *a, fast=False, compile_="reduce-overhead"
+        )
+        contenders["torchloom fast graphs"] = lambda *a: torchloom(
+            *a, fast=True, compile_="reduce-overhead"
+        )
     print("| workload | contender | samples/s (median) | ratio to lean | ratio to tutorial |")
     print("|---|---|---:|---:|---:|")
     for workload, features, targets, build, batch_size in workloads(args.quick):
@@ -212,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             ends = train(build(), features, targets, batch_size, 1 + args.repeats, device)
             seconds = [later - earlier for earlier, later in zip(ends, ends[1:], strict=False)]
             rates[contender] = statistics.median(len(features) / s for s in seconds)
+            print(f"{workload}, {contender}: {rates[contender]:,.0f} samples/s", file=sys.stderr)
         for contender, rate in rates.items():
             print(
                 f"| {workload} | {contender} | {rate:,.0f} | {rate / rates['lean']:.2f} "

@@ -246,6 +246,34 @@ def test_compiled_model_checkpoints_load_into_a_plain_model(tmp_path, digits):
     assert tl.load_run(run.dir).evaluate("test") == pytest.approx(run.evaluate("test"))
 
 
+@pytest.mark.slow
+def test_a_cuda_graph_compile_mode_marks_every_step_and_trains_as_compiled(monkeypatch, digits):
+    # On a CPU torch.compile skips the CUDA graphs, so the weights must equal mode default's;
+    # what the mode adds is one "a new step begins" mark before each training forward.
+    marks = []
+    original = torch.compiler.cudagraph_mark_step_begin
+    monkeypatch.setattr(
+        torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1) or original()
+    )
+    graphs = tl.fit(
+        "mlp", digits, compile="reduce-overhead", epochs=2, progress=False, output_dir=None
+    )
+    assert len(marks) == 2 * 13  # 2 epochs of 13 batches
+    assert graphs.config.trainer.compile == "reduce-overhead"
+    default = tl.fit("mlp", digits, compile=True, epochs=2, progress=False, output_dir=None)
+    for name, value in default.model.state_dict().items():
+        assert torch.equal(graphs.model.state_dict()[name], value), name
+
+
+def test_an_unknown_compile_mode_is_refused_with_the_modes():
+    with pytest.raises(tl.ConfigError) as raised:
+        tl.fit("mlp", "digits", compile="fast")
+    assert str(raised.value).splitlines()[1] == (
+        "  - trainer.compile: expected true, false or a torch.compile mode ('default', "
+        "'reduce-overhead', 'max-autotune'), got 'fast'"
+    )
+
+
 def test_deterministic_mode_is_on_during_fit_only(digits):
     seen = []
 

@@ -48,8 +48,10 @@ from torchloom.train.diagnostics import DiagnosticsRecorder
 from torchloom.train.distributed import World, launch_record
 from torchloom.train.loop import Evaluator, LoopParts, fit_loop
 from torchloom.train.step import (
+    CUDA_GRAPH_MODES,
     GradientClipper,
     autocast_factory,
+    compiled,
     grad_scaler,
     make_schedule,
 )
@@ -291,7 +293,8 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
             all_reduce=reduce,
         ),
         val_split=data_on_device.val,
-        forward=torch.compile(forward) if trainer.compile else forward,
+        forward=compiled(forward, trainer.compile),
+        graphs=trainer.compile in CUDA_GRAPH_MODES,
         autocast=autocast_factory(trainer.precision, device),
         scaler=grad_scaler(trainer.precision, device),
         clip=GradientClipper(trainer.clip_norm, trainer.clip_value),

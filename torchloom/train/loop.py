@@ -87,6 +87,9 @@ class LoopParts:
     evaluate: Evaluator
     val_split: Split | None
     forward: nn.Module  # the model, or its torch.compile'd wrapper (same parameters)
+    # The forward is compiled to replay CUDA graphs (on CUDA; a CPU has none): each training
+    # step tells torch that a new step began, so the last step's graph outputs may be reused.
+    graphs: bool = False
     autocast: Callable[[], AbstractContextManager] = nullcontext
     scaler: torch.amp.GradScaler = field(
         default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False)
@@ -147,6 +150,7 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
     total_samples = sum(sizes)
     # Disabled parts are skipped, not called: a few µs a step, which short steps notice.
     scaling = scaler.is_enabled()
+    graphs = parts.graphs
     clipping = parts.clip.max_norm is not None or parts.clip.max_value is not None
     for epoch in range(state.epoch, state.num_epochs):
         state.epoch = epoch
@@ -166,6 +170,8 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
                 if batch_index % parts.accumulate == 0:
                     for parameter in optimized:  # optimizer.zero_grad(set_to_none=True)
                         parameter.grad = None
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with parts.autocast():
                     outputs = parts.forward(inputs)  # (batch, num_outputs)
                     loss = parts.loss_fn(outputs, targets)  # the batch mean

@@ -18,6 +18,16 @@ from torchloom.config import mode_for
 from torchloom.errors import TorchloomError, did_you_mean, lookup
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch.compile modes that replay the compiled graphs as CUDA graphs (on a CUDA device).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compiled(forward: nn.Module, mode: bool | str) -> nn.Module:
+    """`forward` itself (mode False), or its `torch.compile` wrapper: True is torch's default
+    mode, a string one of its modes. The wrapper shares the model's parameters."""
+    if mode is False:
+        return forward
+    return torch.compile(forward, mode=None if mode is True else mode)
 
 
 def autocast_factory(
@@ -218,10 +228,12 @@ def parameters_with_grad(parameters: Iterable[nn.Parameter]) -> list[nn.Paramete
 
 
 __all__ = [
+    "CUDA_GRAPH_MODES",
     "GradientClipper",
     "Schedule",
     "accumulation_weights",
     "autocast_factory",
+    "compiled",
     "grad_scaler",
     "make_schedule",
 ]
