@@ -196,7 +196,9 @@ class DiagnosticsRecorder(Callback):
             tensors += [
                 torch.stack(values).mean().reshape(1) for values in sample["activations"].values()
             ]
-        flat = torch.cat([t.reshape(-1).float().cpu() for t in tensors]).tolist() if tensors else []
+        # Joined on the device, then one copy: a `.cpu()` per tensor would sync once per tensor.
+        device = next((t.device for t in tensors if t.numel()), torch.device("cpu"))
+        flat = torch.cat([t.reshape(-1).float().to(device) for t in tensors]).tolist()
         position = 0
         for sample in self.pending:
             count = len(self.layers)
