@@ -23,6 +23,7 @@ images (throughput only: no CIFAR-10 download on an offline machine). Batch 100 
 Targets (issue #10): torchloom >= 0.95x the lean GPU loop and >= 2x the tutorial loop.
 
     python benchmarks/gpu.py [--repeats 3] [--no-compile] [--quick]
+                             [--contenders "torchloom,torchloom graphs"] [--workloads 1,2]
 
 Without a CUDA GPU it prints one line saying why and exits with status 2 (it could not measure
 what it was asked to; 0 would let a pipeline mistake a CPU box for a passed benchmark).
@@ -185,6 +186,20 @@ def torchloom(model, features, targets, batch_size, epochs, device, fast: bool, 
     return ends
 
 
+# The rows, in the order they run; the ratios need lean and tutorial first.
+CONTENDERS = {
+    "lean": lambda *a: lean(*a, fast=False),
+    "lean fast": lambda *a: lean(*a, fast=True),
+    "tutorial": lambda *a: tutorial(*a, fast=False),
+    "torchloom": lambda *a: torchloom(*a, fast=False),
+    "torchloom fast": lambda *a: torchloom(*a, fast=True, compile_="reduce-overhead"),
+}
+GRAPH_CONTENDERS = {  # left out by --no-compile
+    "lean graphs": lambda *a: lean(*a, fast=False, graphs=True),
+    "torchloom graphs": lambda *a: torchloom(*a, fast=False, compile_="reduce-overhead"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per contender")
@@ -192,9 +207,28 @@ def main(argv: list[str] | None = None) -> int:
         "--no-compile", action="store_true", help="torchloom fast without torch.compile"
     )
     parser.add_argument("--quick", action="store_true", help="small slices (a smoke test)")
+    parser.add_argument(
+        "--contenders",
+        help="comma-separated rows to run, e.g. 'torchloom,torchloom graphs' (lean and "
+        "tutorial always run: the ratios are to them)",
+    )
+    parser.add_argument(
+        "--workloads", help="comma-separated workload numbers, 1 (LeNet) and/or 2 (ResNet)"
+    )
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
+
+    known = [*CONTENDERS] + ([] if args.no_compile else [*GRAPH_CONTENDERS])
+    chosen = known if args.contenders is None else args.contenders.split(",")
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        why = " (--no-compile leaves out the graphs rows)" if unknown[0] in GRAPH_CONTENDERS else ""
+        parser.error(f"--contenders: unknown {unknown[0]!r}; choose from {', '.join(known)}{why}")
+    chosen = ["lean", "tutorial", *(name for name in known if name in chosen)]
+    workload_numbers = [1, 2] if args.workloads is None else args.workloads.split(",")
+    if any(str(number) not in ("1", "2") for number in workload_numbers):
+        parser.error(f"--workloads: expected 1, 2 or 1,2; got {args.workloads!r}")
 
     if args.device == "cuda" and not torch.cuda.is_available():
         reason = "torch was built without CUDA" if torch.version.cuda is None else "no GPU found"
@@ -208,23 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test)"
     print(f"device: {name}; torch {torch.__version__}; {args.repeats} timed epochs each\n")
-    contenders = {
-        "lean": lambda *a: lean(*a, fast=False),
-        "lean fast": lambda *a: lean(*a, fast=True),
-        "tutorial": lambda *a: tutorial(*a, fast=False),
-        "torchloom": lambda *a: torchloom(*a, fast=False),
-        "torchloom fast": lambda *a: torchloom(
-            *a, fast=True, compile_=False if args.no_compile else "reduce-overhead"
-        ),
-    }
-    if not args.no_compile:
-        contenders["lean graphs"] = lambda *a: lean(*a, fast=False, graphs=True)
-        contenders["torchloom graphs"] = lambda *a: torchloom(
-            *a, fast=False, compile_="reduce-overhead"
-        )
+    runners = {**CONTENDERS, **GRAPH_CONTENDERS}
+    if args.no_compile:
+        runners["torchloom fast"] = lambda *a: torchloom(*a, fast=True)
+    contenders = {name: runners[name] for name in dict.fromkeys(chosen)}
     print("| workload | contender | samples/s (median) | ratio to lean | ratio to tutorial |")
     print("|---|---|---:|---:|---:|")
-    for workload, features, targets, build, batch_size in workloads(args.quick):
+    for number, (workload, features, targets, build, batch_size) in enumerate(
+        workloads(args.quick), start=1
+    ):
+        if str(number) not in map(str, workload_numbers):
+            continue
         rates = {}
         for contender, train in contenders.items():
             ends = train(build(), features, targets, batch_size, 1 + args.repeats, device)
