@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per contender")
     parser.add_argument(
-        "--no-compile", action="store_true", help="torchloom fast without torch.compile"
+        "--no-compile",
+        action="store_true",
+        help="torchloom fast without torch.compile, and no graphs rows",
     )
     parser.add_argument("--quick", action="store_true", help="small slices (a smoke test)")
     parser.add_argument(
@@ -226,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         why = " (--no-compile leaves out the graphs rows)" if unknown[0] in GRAPH_CONTENDERS else ""
         parser.error(f"--contenders: unknown {unknown[0]!r}; choose from {', '.join(known)}{why}")
     chosen = ["lean", "tutorial", *(name for name in known if name in chosen)]
-    workload_numbers = [1, 2] if args.workloads is None else args.workloads.split(",")
-    if any(str(number) not in ("1", "2") for number in workload_numbers):
+    workload_numbers = {"1", "2"} if args.workloads is None else set(args.workloads.split(","))
+    if not workload_numbers <= {"1", "2"}:
         parser.error(f"--workloads: expected 1, 2 or 1,2; got {args.workloads!r}")
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     for number, (workload, features, targets, build, batch_size) in enumerate(
         workloads(args.quick), start=1
     ):
-        if str(number) not in map(str, workload_numbers):
+        if str(number) not in workload_numbers:
             continue
         rates = {}
         for contender, train in contenders.items():
