@@ -80,6 +80,9 @@ FIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "val": ("data", "val"),  # held-out fractions for plain (x, y) data
     "test": ("data", "test"),
     "augment": ("data", "augment"),
+    "num_workers": ("data", "num_workers"),  # for a dataset of your own
+    "input_key": ("data", "input_key"),
+    "target_key": ("data", "target_key"),
     "loss": ("loss",),
     "optimizer": ("optimizer",),
     "init": ("init",),
@@ -134,8 +137,10 @@ def fit(
     Args:
         model: any `nn.Module` (a zoo model from `torchloom.models.build` or your own), or a zoo
             name such as "mlp".
-        data: a `torchloom.data.Data`, or plain `(features, targets)` arrays/tensors (split
-            10% validation / 20% test, seeded).
+        data: a `torchloom.data.Data` (from `data.load`, `data.from_arrays` or
+            `data.from_datasets`), plain `(features, targets)` arrays/tensors, or your own
+            `Dataset`, `IterableDataset` or `DataLoader` (a map-style dataset alone is split 10%
+            validation / 20% test, seeded, as arrays are; an iterable one trains whole).
         callbacks: extra `Callback` objects, called after the built-in ones.
         **options: task, loss, optimizer (a name or a dict such as
             `{"name": "sgd", "lr": 0.01, "momentum": 0.9}`), init, epochs, batch_size, seed,
@@ -180,7 +185,17 @@ def from_options(model, data, options: dict, caller: str) -> tuple[Config, nn.Mo
     config = validate(raw, context=registries(), source=f"{caller}() options")
     if isinstance(model, str):
         model = models.build(model)
-    if isinstance(data, tuple | list):
+    if data_module.is_dataset(data):  # the user's own Dataset, IterableDataset or DataLoader
+        data = data_module.split_dataset(
+            data,
+            val=config.data.val,
+            test=config.data.test,
+            seed=config.trainer.seed,
+            task=config.task,
+            input_key=config.data.input_key,
+            target_key=config.data.target_key,
+        )
+    elif isinstance(data, tuple | list):
         if len(data) != 2:
             raise DataError(f"data: expected (features, targets), got {len(data)} items.")
         data = data_module.from_arrays(
@@ -340,6 +355,7 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
             "format": RUN_FORMAT,
             "task": task.name,
             "data": {**data.spec, "augment": config.data.model_dump()["augment"]},
+            **_dataset_options(config, data),
             "model": model_section(model),
             "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
             "optimizer": {
@@ -401,6 +417,16 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
             state.interrupt_requested,
         )
     return run
+
+
+def _dataset_options(config: Config, data: Data) -> dict:
+    """For the user's own datasets, how they were read (what a resume must read alike)."""
+    if not data.streamed:
+        return {}
+    section = config.data
+    read = {"num_workers": section.num_workers, "val": section.val, "test": section.test}
+    read.update(seed=section.seed, input_key=section.input_key, target_key=section.target_key)
+    return {"data": {**data.spec, **read}}
 
 
 def _finish(state, task, loss_fn, config, preprocess, data, started) -> Run:
@@ -466,7 +492,18 @@ def resume(
     if data is None:
         if not has_source:
             raise TorchloomError(
-                f"{run_dir} was trained on in-memory arrays; pass them: resume(run_dir, data=...)."
+                f"{run_dir} was trained on in-memory arrays or datasets of your own; pass them "
+                "again: resume(run_dir, data=...)."
             )
         data = load_data(config)
+    elif data_module.is_dataset(data):  # split again exactly as the first time
+        data = data_module.split_dataset(
+            data,
+            val=config.data.val,
+            test=config.data.test,
+            seed=config.trainer.seed,
+            task=config.task,
+            input_key=config.data.input_key,
+            target_key=config.data.target_key,
+        )
     return _fit(model, data, config, list(callbacks), resume_dir=run_dir)

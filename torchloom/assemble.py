@@ -94,13 +94,19 @@ def prepare(
     trainer = config.trainer
     task = _task_for(config, data)
     _check_own_step(task, config, world)
-    # On the device for the whole run, or (too big for the GPU) the training split on the host.
-    data_on_device, on_device = place(
-        task.prepare_data(data), device, trainer.data_on_device, trainer.channels_last
-    )
+    if data.streamed:  # the user's own datasets: batches move to the device one at a time
+        data_on_device, on_device = data, False
+        loader = stream_loader(data, task, config, device, world)
+        sample = loader.example_inputs()
+    else:
+        # On the device for the whole run, or (too big for the GPU) the training split on the
+        # host.
+        data_on_device, on_device = place(
+            task.prepare_data(data), device, trainer.data_on_device, trainer.channels_last
+        )
+        sample = data_on_device.train.features[:2].to(device)  # (2, ...) for lazy layers
     model = model.to(device)
     num_outputs = data.num_outputs if task.uses_targets else None  # generative: sized by inputs
-    sample = data_on_device.train.features[:2].to(device)  # (2, ...) for lazy layers' shapes
     models.materialize(model, sample, num_outputs, data.preprocess.vocab_size)
     init_module.initialize(model, **config.init.model_dump())
     if trainer.channels_last:
@@ -117,24 +123,117 @@ def prepare(
     options = config.optimizer.options
     options = {**optim.device_options(config.optimizer.name, options, device), **options}
     optimizer = optim.make_optimizer(parameters, config.optimizer.name, **options)
-    loader = BatchLoader(
-        data_on_device.train.features,
-        data_on_device.train.targets,
-        trainer.batch_size,
-        shuffle=trainer.shuffle,
-        seed=trainer.seed,
-        drop_last=trainer.drop_last,
-        augment=_augment_for(config, data),
-        rank=world.rank,
-        world_size=world.size,
-        device=None if on_device else device,
-    )
-    if len(loader) == 0:
+    if not data.streamed:
+        loader = BatchLoader(
+            data_on_device.train.features,
+            data_on_device.train.targets,
+            trainer.batch_size,
+            shuffle=trainer.shuffle,
+            seed=trainer.seed,
+            drop_last=trainer.drop_last,
+            augment=_augment_for(config, data),
+            rank=world.rank,
+            world_size=world.size,
+            device=None if on_device else device,
+        )
+    if loader.batch_sizes is not None and len(loader) == 0:
         raise DataError(
             f"trainer.batch_size {trainer.batch_size} with drop_last leaves no batch from "
             f"{len(data.train)} training samples. Lower batch_size or set drop_last: false."
         )
     return task, data_on_device, model, loss_fn, optimizer, loader
+
+
+def stream_loader(data: Data, task, config: Config, device: torch.device, world: World):
+    """The training loader over the user's own dataset, with the task's check of each batch;
+    says once what resuming it can promise."""
+    from torchloom.data.streaming import EVAL_WORKERS, StreamLoader, auto_workers
+
+    trainer = config.trainer
+    workers = config.data.num_workers
+    workers = auto_workers() if workers == "auto" else workers
+    if config.data.augment is not None:
+        raise ConfigError(
+            [
+                "data.augment: augments in-memory images; a dataset of your own augments in its "
+                "__getitem__ (torchloom seeds each sample's draws, so resume stays exact)."
+            ],
+            source="config",
+        )
+    loader = StreamLoader(
+        data.train,
+        trainer.batch_size,
+        shuffle=trainer.shuffle,
+        seed=trainer.seed,
+        drop_last=trainer.drop_last,
+        num_workers=workers,
+        rank=world.rank,
+        world_size=world.size,
+        device=device,
+        check=BatchCheck(task, data.train.name),
+    )
+    for split in (data.train, data.val, data.test):
+        if split is not None:
+            EVAL_WORKERS[id(split)] = loader.num_workers
+            split.check = BatchCheck(task, split.name)
+    unsized = loader.batch_sizes is None
+    problems = [
+        f"{field}: needs the number of batches, and this iterable dataset has no __len__. "
+        "Define __len__ on it, or remove the option."
+        for field, used in (
+            ("trainer.accumulate", trainer.accumulate != 1),
+            ("scheduler", SCHEDULERS.get(config.scheduler.name or "", (None, False))[1]),
+        )
+        if unsized and used
+    ]
+    if problems:
+        raise ConfigError(problems, source="config")
+    if world.is_main:
+        user = data.train.user_loader
+        what = (
+            f"your DataLoader (batch {loader.batch_size}, {loader.num_workers} workers)"
+            if user is not None
+            else f"{type(data.train.dataset).__name__} (batch {loader.batch_size}, "
+            f"{loader.num_workers} workers)"
+        )
+        print(
+            f"torchloom: reading {what}; resume: {loader.promise.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return loader
+
+
+class BatchCheck:
+    """Each training batch of a user's dataset as the task trains on it, checked on the host
+    before it moves: class indices as int64 and in range (naming the sample), regression
+    targets as (batch, k) float32."""
+
+    def __init__(self, task, name: str):
+        self.task, self.name = task, name
+
+    def __call__(self, indices, inputs, targets):
+        if self.task.name == "classification":
+            if targets.dtype.is_floating_point:
+                raise DataError(
+                    f"{self.name}: a batch has {targets.dtype} targets; classification needs "
+                    "integer class indices."
+                )
+            targets = targets.long()
+            low, high = int(targets.min()), int(targets.max())
+            count = self.task.num_outputs
+            if low < 0 or high >= count:
+                bad = low if low < 0 else high
+                row = int((targets == bad).nonzero()[0])
+                where = f"sample {int(indices[row])}" if indices is not None else "a sample"
+                raise DataError(
+                    f"{self.name}: {where} has label {bad}, out of range for {count} classes "
+                    f"(expected 0..{count - 1}). Fix its label, or give classes= with every "
+                    "class."
+                )
+        else:
+            targets = targets.float().reshape(len(targets), -1)
+        return inputs, targets
 
 
 def _to_channels_last(model: nn.Module, sample: torch.Tensor) -> None:
@@ -178,7 +277,7 @@ def _task_for(config: Config, data: Data):
     )
     for split_name in ("train", "val", "test"):
         split = getattr(data, split_name)
-        if split is not None:
+        if split is not None and not split.streamed:  # a dataset's batches are checked as read
             task.check_targets(split.targets, f"{data.name} {split_name} targets")
     task.check_data(data)
     return task

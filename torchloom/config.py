@@ -97,6 +97,13 @@ class DataConfig(Section):
     seed: int | None = None  # None: use trainer.seed
     augment: AugmentConfig | None = None
     missing: MissingConfig | None = None  # None: a missing value is an error
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="worker processes reading a dataset of your own (auto: one per core, "
+        "at most 4); in-memory data needs none",
+    )
+    input_key: str | None = Field(None, description="the input's key in dict samples")
+    target_key: str | None = Field(None, description="the target's key in dict samples")
 
     @field_validator("missing", mode="before")
     @classmethod

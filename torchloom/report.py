@@ -63,9 +63,21 @@ def confusion_matrix(run, split: str) -> np.ndarray:
     from torchmetrics.functional.classification import multiclass_confusion_matrix
 
     data = run.data.split(split)
-    predictions = run.predict(data.features.cpu().numpy(), preprocessed=True)["class"]
+    if data.streamed:  # the user's own dataset, a batch at a time
+        predicted, truth = [], []
+        run.model.eval()
+        with torch.no_grad():
+            for inputs, targets in data.batches(run.config.trainer.batch_size, run.device):
+                predicted.append(run.task.predict(run.model(inputs))["class"].cpu())
+                truth.append(targets.cpu())
+        predictions, targets = torch.cat(predicted), torch.cat(truth)
+    else:
+        predictions = torch.as_tensor(
+            run.predict(data.features.cpu().numpy(), preprocessed=True)["class"]
+        )
+        targets = data.targets.cpu()
     return multiclass_confusion_matrix(
-        torch.as_tensor(predictions), data.targets.cpu(), num_classes=run.task.num_outputs
+        predictions, targets, num_classes=run.task.num_outputs
     ).numpy()
 
 

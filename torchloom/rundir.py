@@ -138,8 +138,9 @@ def read_run_config(run_dir: Path, model: nn.Module | None) -> tuple[Config, nn.
         name = model_section.pop("name", "mlp")
         model = models.build(name, **model_section)
     has_source = (raw.get("data") or {}).get("name") in data_module.names()
-    if not has_source:
-        raw.pop("data", None)
+    if not has_source:  # arrays or the user's datasets: keep how they were read, not the name
+        kept = ("val", "test", "seed", "num_workers", "input_key", "target_key")
+        raw["data"] = {k: v for k, v in (raw.get("data") or {}).items() if k in kept}
     config = validate(raw, context=registries(), source=str(run_dir / "config.yaml"))
     return config, model, has_source
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from torchloom.data.augment import Augment
+from torchloom.data.datasets import DatasetSplit, from_datasets, is_dataset, split_dataset
 from torchloom.data.loader import BatchLoader
 from torchloom.data.preprocess import Preprocess
 from torchloom.data.series import Series
@@ -24,10 +25,14 @@ __all__ = [
     "Augment",
     "BatchLoader",
     "Data",
+    "DatasetSplit",
     "Preprocess",
     "Split",
     "Table",
     "from_arrays",
+    "from_datasets",
+    "is_dataset",
+    "split_dataset",
     "load",
     "names",
     "option_problems",
@@ -48,11 +53,38 @@ class Split:
     features: torch.Tensor
     targets: torch.Tensor
 
+    streamed = False  # a `DatasetSplit` (the user's own dataset) is read a batch at a time
+
     def __len__(self) -> int:
         return len(self.features)
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.features.to(device), self.targets.to(device))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.features.shape[1:])
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(self.targets.shape[1:])
+
+    def batches(self, batch_size: int, device: torch.device, *, rank: int = 0, world_size: int = 1):
+        """(inputs, targets) slices in order: this rank's contiguous part of the split."""
+        base, extra = divmod(len(self), world_size)
+        low = rank * base + min(rank, extra)
+        high = low + base + (rank < extra)
+        for start in range(low, high, batch_size):
+            end = min(start + batch_size, high)
+            yield self.features[start:end].to(device), self.targets[start:end].to(device)
+
+    def sample(self, limit: int, seed: int = 0) -> Split:
+        """At most `limit` rows, a seeded random choice (the split is in source order)."""
+        if len(self) <= limit:
+            return self
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
+        index = index.to(self.features.device)
+        return Split(self.features[index], self.targets[index])
 
 
 @dataclass
@@ -66,9 +98,9 @@ class Data:
         spec: how to load it again: `{"name", "val", "test", "seed", "standardize", ...}`.
     """
 
-    train: Split
-    val: Split | None
-    test: Split | None
+    train: Split | DatasetSplit
+    val: Split | DatasetSplit | None
+    test: Split | DatasetSplit | None
     preprocess: Preprocess
     name: str
     spec: dict = field(default_factory=dict)
@@ -93,7 +125,12 @@ class Data:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one sample, e.g. (64,) for digits as a table."""
-        return tuple(self.train.features.shape[1:])
+        return self.train.input_shape
+
+    @property
+    def streamed(self) -> bool:
+        """The splits are the user's own datasets, read a batch at a time."""
+        return self.train.streamed
 
     @property
     def num_features(self) -> int:
@@ -107,7 +144,8 @@ class Data:
             return len(self.classes)
         if self.task == "anomaly":
             return self.num_features
-        return 1 if self.train.targets.dim() == 1 else int(self.train.targets.shape[1])
+        shape = self.train.target_shape
+        return int(np.prod(shape)) if shape else 1
 
     def split(self, name: str) -> Split:
         """The split called `name` ("train", "val" or "test"), or a clear error if it is empty."""

@@ -11,6 +11,30 @@ from torchloom.data.augment import Augment
 SMALL_SPLIT_BYTES = 8 * 2**20  # features and targets together
 
 
+def plan_batches(
+    num_samples: int, batch_size: int, rank: int, world_size: int, drop_last: bool
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """This rank's batches over one epoch, as (start, end) positions in the epoch's order, and
+    the global batch sizes.
+
+    Global batch i is positions `[i * batch_size * world_size, ...)`; rank r takes the r-th
+    contiguous part of it. A smaller last global batch is split as evenly as possible (part
+    sizes differ by at most one); one with fewer samples than ranks, or any smaller one under
+    `drop_last`, is dropped, so every rank has the same number of batches.
+    """
+    global_batch = batch_size * world_size
+    bounds, global_sizes = [], []
+    for start in range(0, num_samples, global_batch):
+        size = min(global_batch, num_samples - start)
+        if size < global_batch and (drop_last or size < world_size):
+            break
+        base, extra = divmod(size, world_size)
+        low = start + rank * base + min(rank, extra)
+        bounds.append((low, low + base + (rank < extra)))
+        global_sizes.append(size)
+    return bounds, global_sizes
+
+
 class BatchLoader:
     """Yields `(features, targets)` batches from tensors already in memory (and on the device).
 
@@ -80,7 +104,9 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         # (start, end) of this rank's batches in the permuted order, and the global batch sizes
-        self.bounds, self.global_sizes = self._plan()
+        self.bounds, self.global_sizes = plan_batches(
+            len(features), batch_size, rank, world_size, drop_last
+        )
         self.device = features.device if device is None else torch.device(device)
         self.channels_last = (
             features.dim() == 4
@@ -92,23 +118,12 @@ class BatchLoader:
         self.gathered: tuple[torch.Tensor, torch.Tensor] | None = None  # host buffers, made once
         self.copies_done: torch.cuda.Event | None = None  # the last batch copy out of them
 
-    def _plan(self) -> tuple[list[tuple[int, int]], list[int]]:
-        n, ranks = len(self.features), self.world_size
-        global_batch = self.batch_size * ranks
-        bounds, global_sizes = [], []
-        for start in range(0, n, global_batch):
-            size = min(global_batch, n - start)
-            if size < global_batch and (self.drop_last or size < ranks):
-                break
-            # Split the global batch into `ranks` parts whose sizes differ by at most one.
-            base, extra = divmod(size, ranks)
-            low = start + self.rank * base + min(self.rank, extra)
-            bounds.append((low, low + base + (self.rank < extra)))
-            global_sizes.append(size)
-        return bounds, global_sizes
-
     def __len__(self) -> int:
         return len(self.bounds)
+
+    def example_inputs(self) -> torch.Tensor:
+        """Two training inputs on the device (a TensorBoard graph's example)."""
+        return self.features[:2].to(self.device)
 
     @property
     def batch_sizes(self) -> list[int]:

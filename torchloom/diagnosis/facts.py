@@ -8,9 +8,9 @@ reloaded, and a verdict should not depend on whether it can.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
-import torch
 
 from torchloom.data import Split
 
@@ -35,12 +35,20 @@ def run_facts(run) -> dict:
     data = run.data
     if data is None:
         return {}
+    sizes = {name: _size(getattr(data, name)) for name in ("train", "val", "test")}
+    if data.streamed:  # the user's own datasets: the facts are measured on a seeded sample
+        data = replace(
+            data,
+            train=data.train.sample(MAX_ROWS),
+            val=data.val and data.val.sample(MAX_ROWS),
+            test=data.test and data.test.sample(MAX_ROWS),
+        )
     train = _subset(data.train, MAX_ROWS)
     vocab_size = run.preprocess.vocab_size  # text: token ids, whose "scale" means nothing
     features = train.features.detach().cpu().reshape(len(train), -1).double().numpy()
     facts: dict = {
         "task": run.task.name,
-        "splits": {name: _size(getattr(data, name)) for name in ("train", "val", "test")},
+        "splits": sizes,
         "input_shape": list(data.train.features.shape[1:]),
         "standardized": run.preprocess.mean is not None,
         "duplicates": duplicates(data),
@@ -72,11 +80,7 @@ def _size(split: Split | None) -> int:
 
 def _subset(split: Split, limit: int) -> Split:
     """At most `limit` rows of `split`, a seeded random choice (the split is in source order)."""
-    if len(split) <= limit:
-        return split
-    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:limit]
-    index = index.to(split.features.device)
-    return Split(split.features[index], split.targets[index])
+    return split.sample(limit, seed=0)
 
 
 def _headline(metrics: dict[str, float]) -> dict[str, float]:

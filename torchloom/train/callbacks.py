@@ -62,6 +62,8 @@ class TrainState:
         run_dir: where the run writes, or None.
         loader, schedule, scaler, callbacks: what a checkpoint must capture to resume exactly.
         epoch_losses: this epoch's per-batch losses so far (on the device).
+        epoch_sizes: this epoch's batch sizes so far, for a loader that cannot tell them ahead
+            (an iterable dataset of unknown length); else empty.
         lr: the learning rate the last step used.
         skipped_steps: steps skipped for non-finite values (with `nonfinite: skip`).
     """
@@ -85,6 +87,7 @@ class TrainState:
     scaler: Any = None
     callbacks: list = field(default_factory=list)
     epoch_losses: list[torch.Tensor] = field(default_factory=list)
+    epoch_sizes: list[int] = field(default_factory=list)  # batch sizes, when not known ahead
     lr: float = 0.0
     skipped_steps: int = 0
     accumulate: int = 1

@@ -48,7 +48,7 @@ def encode(value):
     if isinstance(value, tuple | list):
         return [encode(v) for v in value]
     if isinstance(value, torch.Tensor):
-        return {"__tensor__": value.tolist()}
+        return {"__tensor__": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
     return value
 
 
@@ -60,7 +60,8 @@ def decode(value):
         if "__items__" in value:
             return {decode(k): decode(v) for k, v in value["__items__"]}
         if "__tensor__" in value:
-            return torch.tensor(value["__tensor__"])
+            dtype = getattr(torch, value.get("dtype", ""), None)  # older checkpoints: none
+            return torch.tensor(value["__tensor__"], dtype=dtype)
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
@@ -85,8 +86,9 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
     if torch.cuda.is_available():
         for device, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{device}"] = rng
-    loader_state = state.loader.state_dict()
-    tensors["loader.generator"] = loader_state["generator"]
+    loader_state = dict(state.loader.state_dict())
+    if "generator" in loader_state:  # the in-memory loader's permutation generator
+        tensors["loader.generator"] = loader_state.pop("generator")
     if state.epoch_losses:
         tensors["epoch.losses"] = torch.stack(state.epoch_losses).float()
     callback_states = {}
@@ -117,11 +119,12 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
             },
             "scheduler": encode(state.schedule.state_dict()),
             "scaler": encode(state.scaler.state_dict()),
+            # position, epoch and, for a user's dataset read by torchdata, its loader's state
             "loader": {
-                "position": loader_state["position"],
-                "epoch": loader_state["epoch"],
+                **encode(loader_state),
                 "world_size": state.loader.world_size,  # processes under torchrun, else 1
             },
+            "epoch_sizes": state.epoch_sizes,
             "rng": {
                 "python": encode(random.getstate()),
                 "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
@@ -204,11 +207,15 @@ def restore(state: TrainState, checkpoint: dict) -> None:
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.schedule.load_state_dict(decode(info["scheduler"]))
     state.scaler.load_state_dict(decode(info["scaler"]))
-    state.loader.load_state_dict({"generator": extra["loader.generator"], **info["loader"]})
+    loader_state = decode(info["loader"])
+    if "loader.generator" in extra:
+        loader_state["generator"] = extra["loader.generator"]
+    state.loader.load_state_dict(loader_state)
     state.epoch, state.step, state.lr = info["epoch"], info["step"], info["lr"]
     state.skipped_steps = info.get("skipped_steps", 0)
     state.logs, state.history = info["logs"], info["history"]
     state.epoch_losses = list(extra["epoch.losses"].unbind()) if "epoch.losses" in extra else []
+    state.epoch_sizes = list(info.get("epoch_sizes", []))
     callback_states = decode(info["callbacks"])
     for callback in state.callbacks:
         name = type(callback).__name__

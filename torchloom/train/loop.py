@@ -56,25 +56,27 @@ class Evaluator:
         was_training = model.training
         model.eval()
         self.metrics.reset()
-        # This rank's contiguous part of the split: all of it in a single process.
-        base, extra = divmod(len(split), self.world_size)
-        low = self.rank * base + min(self.rank, extra)
-        high = low + base + (self.rank < extra)
-        total_loss = torch.zeros((), device=split.features.device)
+        total_loss = torch.zeros((), device=self.device)
+        count = 0
         with torch.no_grad():
-            for start in range(low, high, self.batch_size):
-                end = min(start + self.batch_size, high)
-                inputs, targets = split.features[start:end], split.targets[start:end]
+            # This rank's contiguous part of the split: all of it in a single process.
+            batches = split.batches(
+                self.batch_size, self.device, rank=self.rank, world_size=self.world_size
+            )
+            for inputs, targets in batches:
                 outputs = model(inputs)
                 # The loss is a batch mean; weight it by the batch's size for the split's mean.
                 total_loss += self.loss_fn(outputs, targets).float() * len(targets)
+                count += len(targets)
                 if isinstance(outputs, torch.Tensor):  # a VAE's (reconstruction, mean, ...) stay
                     outputs = outputs.float()
                 self.task.update_metrics(self.metrics, outputs, targets, inputs)
         model.train(was_training)
         if self.all_reduce is not None:
             total_loss = self.all_reduce(total_loss)
-        results = {"loss": float(total_loss) / len(split)}
+        # A sized split's length is known on every rank; an iterable one counts what it read.
+        samples = len(split) if split.streamed is False or split.sized else count
+        results = {"loss": float(total_loss) / samples}
         results.update(self.task.flatten(self.metrics.compute()))
         return results
 
@@ -117,28 +119,30 @@ def fit_loop(state: TrainState, parts: LoopParts, notify: Dispatcher) -> TrainSt
     state (loader mid-epoch, partial epoch losses) continues exactly where it stopped.
     """
     loader = state.loader
-    sizes = loader.batch_sizes
-    # Under DDP the gradients are averaged over ranks; a rank's batch weighs its share of the
-    # global batch (1.0 for full batches), so a split last batch still gives the global mean.
-    weights = [
-        weight * size * loader.world_size / global_size
-        for weight, size, global_size in zip(
-            accumulation_weights(loader.global_sizes, parts.accumulate),
-            sizes,
-            loader.global_sizes,
-            strict=True,
-        )
-    ]
-    counts = torch.tensor(sizes, dtype=torch.float32, device=loader.device)
+    sizes = loader.batch_sizes  # None: an iterable dataset of unknown length
+    weights = None
+    if sizes is not None:
+        # Under DDP the gradients are averaged over ranks; a rank's batch weighs its share of
+        # the global batch (1.0 for full batches), so a split last batch still gives the global
+        # mean.
+        weights = [
+            weight * size * loader.world_size / global_size
+            for weight, size, global_size in zip(
+                accumulation_weights(loader.global_sizes, parts.accumulate),
+                sizes,
+                loader.global_sizes,
+                strict=True,
+            )
+        ]
     notify("on_fit_start", state)
     try:
-        _epochs(state, parts, notify, sizes, weights, counts)
+        _epochs(state, parts, notify, sizes, weights)
     finally:  # sinks close and recorders finish even when training stops on an error
         notify("on_fit_end", state)
     return state
 
 
-def _epochs(state, parts, notify, sizes, weights, counts) -> None:
+def _epochs(state, parts, notify, sizes, weights) -> None:
     """The epochs of `fit_loop`: everything between its start and end events."""
     model, optimizer, scaler, loader = state.model, state.optimizer, parts.scaler, state.loader
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -146,8 +150,11 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
     # and a dynamo guard (~9 µs), which a small model's step (~400 µs) notices. Taken once: a
     # parameter group added during fit (by a user callback) would need zero_grad itself.
     optimized = [p for group in optimizer.param_groups for p in group["params"]]
-    last_batch = len(sizes) - 1
-    total_samples = sum(sizes)
+    # An iterable dataset of unknown length: every batch weighs 1 (no accumulation: checked
+    # before training) and the epoch's sample count is counted as it goes.
+    last_batch = -1 if sizes is None else len(sizes) - 1
+    counts = None if sizes is None else torch.tensor(sizes, dtype=torch.float32)
+    counts = None if counts is None else counts.to(loader.device)
     # Disabled parts are skipped, not called: a few µs a step, which short steps notice.
     scaling = scaler.is_enabled()
     graphs = parts.graphs
@@ -158,12 +165,14 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
             model.train()
         notify("on_epoch_start", state)
         if loader.position == 0:
-            state.epoch_losses = []
+            state.epoch_losses, state.epoch_sizes = [], []
         batch_losses = state.epoch_losses
         for batch_index, (inputs, targets) in enumerate(loader, start=loader.position):
             if parts.train_step is not None:  # the task steps the optimizer itself (a GAN)
                 loss = parts.train_step(model, inputs, targets, state)
                 batch_losses.append(loss.detach())
+                if sizes is None:
+                    state.epoch_sizes.append(len(targets))
                 notify("on_after_backward", state)
                 log_now, grad_norm = (state.step + 1) % parts.log_every == 0, None
             else:
@@ -175,10 +184,12 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
                 with parts.autocast():
                     outputs = parts.forward(inputs)  # (batch, num_outputs)
                     loss = parts.loss_fn(outputs, targets)  # the batch mean
-                weight = weights[batch_index]  # 1.0 unless accumulating
+                weight = 1.0 if weights is None else weights[batch_index]  # 1.0 unless accumulating
                 scaled = loss if weight == 1.0 else loss * weight
                 (scaler.scale(scaled) if scaling else scaled).backward()
                 batch_losses.append(loss.detach())
+                if sizes is None:
+                    state.epoch_sizes.append(len(targets))
                 if (batch_index + 1) % parts.accumulate and batch_index != last_batch:
                     continue  # more micro-batches to add to this step's gradients
                 notify("on_after_backward", state)
@@ -217,6 +228,11 @@ def _epochs(state, parts, notify, sizes, weights, counts) -> None:
         # The epoch's training loss: the mean over samples of the batch-mean losses (batches
         # skipped for non-finite values are left out).
         losses = torch.stack(batch_losses).float()
+        if sizes is None:  # counted as the epoch went: one small copy per epoch
+            counts = torch.tensor(state.epoch_sizes, dtype=torch.float32).to(losses.device)
+            total_samples = sum(state.epoch_sizes)
+        else:
+            total_samples = sum(sizes)
         if parts.skip_nonfinite:
             weights_kept = torch.where(torch.isfinite(losses), counts, 0.0)
             losses = torch.nan_to_num(losses, nan=0.0, posinf=0.0, neginf=0.0)

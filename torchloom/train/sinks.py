@@ -258,7 +258,7 @@ class TensorBoardSink(Callback):
 
             self.graph_pending = False
             self.writer = self.writer or SummaryWriter(self.log_dir)
-            self.add_graph(state.model, state.loader.features[:2].to(state.loader.device))
+            self.add_graph(state.model, state.loader.example_inputs())
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -1,0 +1,166 @@
+"""A user's samples and batches as `(inputs, targets)` tensors, with one clear error per mistake.
+
+A sample from a user's `Dataset` may be an `(input, target)` tuple or a dict (`{"image": ...,
+"label": ...}`), of tensors, NumPy arrays or numbers. A batch from the user's own `collate_fn`
+has the same shapes with a batch axis in front. Everything here is pure and picklable: it runs
+in the loader's worker processes.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from torchloom.errors import DataError
+
+# The keys looked for in dict samples, in order, when none is given.
+INPUT_KEYS = ("image", "images", "features", "input", "inputs", "x", "pixel_values", "input_ids")
+TARGET_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Which entries of a dict sample are the input and the target (None: look for the usual
+    names, `INPUT_KEYS` and `TARGET_KEYS`)."""
+
+    input: str | None = None
+    target: str | None = None
+
+
+def split_sample(sample, keys: Keys, where: str) -> tuple[object, object]:
+    """The (input, target) of one sample or batch, as the user's dataset gave them.
+
+    Raises:
+        DataError: neither a 2-item tuple/list nor a dict with an input and a target.
+    """
+    if isinstance(sample, Mapping):
+        return _entry(sample, keys.input, INPUT_KEYS, "input", where), _entry(
+            sample, keys.target, TARGET_KEYS, "target", where
+        )
+    if isinstance(sample, Sequence) and not isinstance(sample, str | bytes):
+        if len(sample) == 2:
+            return sample[0], sample[1]
+        raise DataError(
+            f"{where}: a sample is a {type(sample).__name__} of {len(sample)} items; expected "
+            "(input, target). Return a 2-tuple from __getitem__, or a dict with input and "
+            "target keys (data keys: input_key=..., target_key=...)."
+        )
+    raise DataError(
+        f"{where}: a sample is a {type(sample).__name__}; expected an (input, target) tuple or a "
+        "dict such as {'image': ..., 'label': ...}. Return one from __getitem__."
+    )
+
+
+def _entry(sample: Mapping, key: str | None, defaults: tuple[str, ...], what: str, where: str):
+    if key is not None:
+        if key not in sample:
+            raise DataError(
+                f"{where}: the sample has no key '{key}' (the {what} key); it has "
+                f"{', '.join(map(repr, sample))}."
+            )
+        return sample[key]
+    for candidate in defaults:
+        if candidate in sample:
+            return sample[candidate]
+    option = "input_key" if what == "input" else "target_key"
+    raise DataError(
+        f"{where}: the sample is a dict with keys {', '.join(map(repr, sample))}, none of them a "
+        f"usual {what} name ({', '.join(defaults)}). Name it: {option}='...'."
+    )
+
+
+def to_tensor(value, what: str, where: str) -> torch.Tensor:
+    """A tensor from a tensor, a NumPy array or a number (float64 becomes float32: models are
+    float32)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    elif isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise DataError(
+                f"{where}: the {what} is a NumPy array of {value.dtype}; expected numbers. "
+                "Encode it as numbers in __getitem__."
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, numbers.Number) and not isinstance(value, complex):
+        tensor = torch.tensor(value)
+    else:
+        hint = (
+            " Convert images to tensors in __getitem__ (e.g. torch.from_numpy(np.asarray(image)))."
+            if type(value).__module__.startswith("PIL")
+            else " Return a tensor, a NumPy array or a number."
+        )
+        raise DataError(f"{where}: the {what} is a {type(value).__name__}.{hint}")
+    if tensor.dtype == torch.float64:
+        tensor = tensor.float()
+    return tensor
+
+
+def stack_samples(indices: list[int], samples: list, keys: Keys, name: str):
+    """Collate one batch of samples: `(indices, inputs, targets)`, the sample indices as a
+    (batch,) int64 tensor, inputs (batch, ...), targets (batch, ...).
+
+    Raises:
+        DataError: a bad sample, or two samples whose inputs (or targets) differ in shape,
+            naming both indices and shapes.
+    """
+    inputs, targets = [], []
+    for index, sample in zip(indices, samples, strict=True):
+        where = f"{name}[{index}]"
+        given_input, given_target = split_sample(sample, keys, where)
+        inputs.append(to_tensor(given_input, "input", where))
+        targets.append(to_tensor(given_target, "target", where))
+    for what, tensors in (("input", inputs), ("target", targets)):
+        first = tensors[0]
+        for index, tensor in zip(indices, tensors, strict=True):
+            if tensor.shape != first.shape:
+                raise DataError(
+                    f"{name}: samples of different shapes in one batch: {what} of sample "
+                    f"{indices[0]} is {tuple(first.shape)}, of sample {index} "
+                    f"{tuple(tensor.shape)}. Resize or pad them to one shape in __getitem__, or "
+                    "pass a collate_fn that pads."
+                )
+    index_tensor = torch.tensor(indices, dtype=torch.int64)
+    return index_tensor, torch.stack(inputs), torch.stack(targets)
+
+
+def batch_from_collate(batch, keys: Keys, name: str):
+    """A batch made by the user's own `collate_fn`, as `(None, inputs, targets)`."""
+    where = f"{name} (a batch from your collate_fn)"
+    given_input, given_target = split_sample(batch, keys, where)
+    return None, to_tensor(given_input, "input", where), to_tensor(given_target, "target", where)
+
+
+class Collate:
+    """The loader's collate function: torchloom's stacking with checks, or the user's own
+    `collate_fn` (its batch taken as it comes, then split into input and target).
+
+    Items are `(index, sample)` pairs (see `torchloom.data.streaming.SeededSamples`), or plain
+    samples from an iterable dataset (`indexed` False)."""
+
+    def __init__(self, keys: Keys, name: str, user_collate=None, indexed: bool = True):
+        self.keys, self.name = keys, name
+        self.user_collate = user_collate
+        self.indexed = indexed
+
+    def __call__(self, items: list):
+        if self.indexed:
+            indices = [index for index, _ in items]
+            samples = [sample for _, sample in items]
+        else:
+            indices, samples = None, items
+        if self.user_collate is not None:
+            _, inputs, targets = batch_from_collate(
+                self.user_collate(samples), self.keys, self.name
+            )
+            index = None if indices is None else torch.tensor(indices, dtype=torch.int64)
+            return index, inputs, targets
+        if indices is None:
+            _, inputs, targets = stack_samples(
+                list(range(len(samples))), samples, self.keys, self.name
+            )
+            return None, inputs, targets
+        return stack_samples(indices, samples, self.keys, self.name)
