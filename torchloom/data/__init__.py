@@ -234,6 +234,12 @@ def load(
         (1257, 10)
     """
     source = lookup(SOURCES, name, "data source", DataError)
+    import inspect
+
+    if "val" in inspect.signature(source).parameters:
+        # A streamed source (shards, an image folder read from disk) splits and fits its
+        # preprocessing itself, and returns `Data` whose splits are datasets.
+        options = {**options, "val": val, "test": test, "seed": seed, "standardize": standardize}
     try:
         table = source(**options)
     except TypeError as error:
@@ -249,6 +255,11 @@ def load(
             f"data source '{name}' has no option '{bad}'.{did_you_mean(bad, known)} "
             f"Options: {', '.join(known) or 'none'}."
         ) from None
+    if isinstance(table, Data):  # a streamed source: already split, read a batch at a time
+        split_keys = ("val", "test", "seed", "standardize", "task")
+        table.spec = {"name": name, **{k: v for k, v in options.items() if k not in split_keys}}
+        table.spec.update(val=val, test=test, seed=seed, standardize=standardize)
+        return table
     if isinstance(table, Series):  # time series: a chronological split into windows
         data = split_series(table, val=val, test=test, standardize=standardize)
     else:
