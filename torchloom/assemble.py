@@ -71,6 +71,7 @@ def load_data(config: Config) -> Data:
         test=config.data.test,
         seed=seed,
         standardize=config.data.standardize,
+        stream=config.data.stream,
         **options,
         **missing_option(config),
     )

@@ -97,6 +97,9 @@ class DataConfig(Section):
     seed: int | None = None  # None: use trainer.seed
     augment: AugmentConfig | None = None
     missing: MissingConfig | None = None  # None: a missing value is an error
+    stream: bool = Field(
+        False, description="read the source from disk by worker processes, never all in memory"
+    )
     num_workers: int | Literal["auto"] = Field(
         "auto",
         description="worker processes reading a dataset of your own (auto: one per core, "

@@ -17,7 +17,7 @@ from torchloom.data.datasets import DatasetSplit, from_datasets, is_dataset, spl
 from torchloom.data.loader import BatchLoader
 from torchloom.data.preprocess import Preprocess
 from torchloom.data.series import Series
-from torchloom.data.sources import SOURCES, Table
+from torchloom.data.sources import SOURCES, STREAMED, Table
 from torchloom.data.windows import split_series
 from torchloom.errors import DataError, lookup
 
@@ -197,6 +197,7 @@ def load(
     seed: int = 0,
     standardize: bool | str = True,
     missing: str | dict | None = None,
+    stream: bool = False,
     **options,
 ) -> Data:
     """Load a built-in or file data source, split it, and fit preprocessing on train.
@@ -219,6 +220,8 @@ def load(
             "drop", "mean", "median", "most_frequent", "learned", or a mapping
             `{strategy, indicator, columns: {column: strategy}}`; None: a missing value is an
             error.
+        stream: read the source from disk a batch at a time, by worker processes, instead of
+            into memory (sources that can: `image_folder`; `shards` always streams).
         **options: the source's own options (e.g. `path`, `target` for "csv", `shape="image"`
             for "digits").
 
@@ -235,6 +238,18 @@ def load(
     """
     source = lookup(SOURCES, name, "data source", DataError)
     import inspect
+
+    if stream:
+        if name not in STREAMED and "val" not in inspect.signature(source).parameters:
+            from torchloom.errors import did_you_mean
+
+            raise DataError(
+                f"data.stream: source '{name}' is loaded into memory; the sources that stream "
+                f"from disk are {', '.join(sorted([*STREAMED, 'shards']))}."
+                f"{did_you_mean(name, STREAMED)} Remove data.stream, or pack the data into "
+                "shards (torchloom data pack CONFIG OUT_DIR)."
+            )
+        source = STREAMED.get(name, source)
 
     if "val" in inspect.signature(source).parameters:
         # A streamed source (shards, an image folder read from disk) splits and fits its
@@ -259,6 +274,8 @@ def load(
         split_keys = ("val", "test", "seed", "standardize", "task")
         table.spec = {"name": name, **{k: v for k, v in options.items() if k not in split_keys}}
         table.spec.update(val=val, test=test, seed=seed, standardize=standardize)
+        if stream:
+            table.spec["stream"] = True
         return table
     if isinstance(table, Series):  # time series: a chronological split into windows
         data = split_series(table, val=val, test=test, standardize=standardize)

@@ -279,3 +279,8 @@ SOURCES: dict[str, Callable[..., Table]] = {
     "rotten_tomatoes": rotten_tomatoes,
     "text_csv": text_csv,
 }
+
+# Sources that can also stream from disk (`data.stream: true`): the same options, plus `val`,
+# `test`, `seed` and `standardize`; each returns `Data` whose splits are datasets read by
+# worker processes, never the whole source in memory.
+STREAMED: dict[str, Callable] = {}
