@@ -292,7 +292,8 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
     task, data_on_device, model, loss_fn, optimizer, loader = prepare(
         model, data, config, device, world
     )
-    steps_per_epoch = -(-len(loader) // trainer.accumulate)
+    # 0: an iterable dataset of unknown length (no per-step schedule, no accumulation)
+    steps_per_epoch = 0 if loader.batch_sizes is None else -(-len(loader) // trainer.accumulate)
     monitor = check_monitors(config, task, data)
     forward = world.wrap(model, device, trainer.sync_batchnorm) if world.active else model
     reduce = world.all_reduce if world.active else None

@@ -49,6 +49,8 @@ class DatasetSplit:
     input_shape: tuple[int, ...] = ()
     target_shape: tuple[int, ...] = ()
     target_dtype: torch.dtype = torch.int64
+    # The first two inputs, read once (a model's lazy layers and TensorBoard's graph use them).
+    example: torch.Tensor | None = field(default=None, repr=False, compare=False)
     # The task's cast and check of each batch (`torchloom.assemble.BatchCheck`), set by fit.
     check: object = field(default=None, repr=False, compare=False)
     # Evaluation loaders with their workers kept between validations, by (batch, rank, ranks).
@@ -266,6 +268,7 @@ def _inspect(split: DatasetSplit) -> None:
     if split.sized and len(split) == 0:
         raise DataError(f"{split.name}: it is empty (len 0); there is nothing to read.")
     inputs, targets = first_batch(split)
+    split.example = inputs[:2]
     split.input_shape = tuple(inputs.shape[1:])
     split.target_shape = tuple(targets.shape[1:])
     split.target_dtype = targets.dtype

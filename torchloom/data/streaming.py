@@ -37,6 +37,10 @@ from torchloom.data.loader import plan_batches
 from torchloom.data.samples import Collate
 from torchloom.errors import DataError, TorchloomError
 
+# torchdata 0.11 calls a torch API that torch 2.13 deprecates, once per loader: not the user's
+# concern.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+
 # Worker processes when `data.num_workers` is "auto": up to this many, one per core.
 MAX_AUTO_WORKERS = 4
 
@@ -212,6 +216,9 @@ class StreamLoader:
             "pin_memory": pin,
             "persistent_workers": num_workers > 0,
             "worker_init_fn": None if user is None else user.worker_init_fn,
+            # A loader draws its workers' base seed when an iterator starts: from its own
+            # generator, never the global one, whose state the checkpoint restores.
+            "generator": torch.Generator().manual_seed(seed),
         }
         if num_workers > 0:
             prefetch = None if user is None else user.prefetch_factor
@@ -262,8 +269,9 @@ class StreamLoader:
 
     def example_inputs(self) -> torch.Tensor:
         """Two inputs of the first batch, on the device (a TensorBoard graph's example)."""
-        inputs, _ = first_batch(self.split, 2)
-        return inputs.to(self.device)
+        if self.split.example is None:
+            self.split.example, _ = first_batch(self.split, 2)
+        return self.split.example.to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch's batches (the rest of it, after a resume mid-epoch)."""
@@ -374,29 +382,17 @@ def _sizes(count: int, batch_size: int, drop_last: bool) -> list[int]:
 
 def _stateful_loader(split, user, batch_size, drop_last, options, seed):
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchdata 0.11 warns of a torch API it still uses
-            from torchdata.stateful_dataloader import StatefulDataLoader
+        from torchdata.stateful_dataloader import StatefulDataLoader
     except ImportError:
         raise TorchloomError(
             f"{split.name}: an iterable dataset or a custom sampler is read through torchdata's "
             "StatefulDataLoader, for resumable state: pip install 'torchloom[data]'."
         ) from None
-    generator = torch.Generator().manual_seed(seed)
     if split.iterable:
         return StatefulDataLoader(
-            split.dataset,
-            batch_size=batch_size,
-            drop_last=drop_last,
-            generator=generator,
-            **options,
+            split.dataset, batch_size=batch_size, drop_last=drop_last, **options
         )
-    return StatefulDataLoader(
-        _Indexed(split),
-        batch_sampler=user.batch_sampler if user.batch_sampler is not None else None,
-        generator=generator,
-        **options,
-    )
+    return StatefulDataLoader(_Indexed(split), batch_sampler=user.batch_sampler, **options)
 
 
 class _Indexed(Dataset):
@@ -484,6 +480,7 @@ def _evaluation_loader(split, batch_size, rank, world_size) -> DataLoader:
         "num_workers": workers,
         "collate_fn": collate,
         "persistent_workers": workers > 0,
+        "generator": torch.Generator().manual_seed(0),  # never a draw from the global one
     }
     if split.iterable:
         return DataLoader(split.dataset, batch_size=batch_size, **options)
