@@ -198,6 +198,15 @@ def test_sigkill_with_workers_then_resume_is_bitwise_equal(tmp_path, uninterrupt
     assert lines == (uninterrupted / "base" / "metrics.jsonl").read_text().splitlines()
 
 
+@pytest.mark.slow
+def test_batches_do_not_depend_on_which_worker_read_them(tmp_path, uninterrupted):
+    one_worker = scenario(tmp_path, "one", "--workers", "1")
+    assert one_worker.returncode == 0, one_worker.stderr
+    want = load_file(uninterrupted / "base" / "model.safetensors")  # read by 2 workers
+    got = load_file(tmp_path / "one" / "model.safetensors")
+    assert all(torch.equal(want[key], got[key]) for key in want)
+
+
 # --- mistakes: one clear error each ----------------------------------------------------------
 
 
@@ -384,7 +393,8 @@ def test_the_tutorials_cifar10_script_runs_with_only_its_data_lines_changed():
 
 
 def test_a_hugging_face_dataset_trains_through_the_same_path():
-    datasets = pytest.importorskip("datasets")  # the `hf` extra; make install brings it
+    import datasets  # the `hf` extra; make install brings it
+
     digits = Digits()
     rows = {"image": digits.x.tolist(), "label": digits.y.tolist()}
     features = datasets.Features(

@@ -226,7 +226,7 @@ class BatchCheck:
             if low < 0 or high >= count:
                 bad = low if low < 0 else high
                 row = int((targets == bad).nonzero()[0])
-                where = f"sample {int(indices[row])}" if indices is not None else "a sample"
+                where = f"sample {indices[row]}" if indices is not None else "a sample"
                 raise DataError(
                     f"{self.name}: {where} has label {bad}, out of range for {count} classes "
                     f"(expected 0..{count - 1}). Fix its label, or give classes= with every "

@@ -101,7 +101,7 @@ def to_tensor(value, what: str, where: str) -> torch.Tensor:
 
 def stack_samples(indices: list[int], samples: list, keys: Keys, name: str):
     """Collate one batch of samples: `(indices, inputs, targets)`, the sample indices as a
-    (batch,) int64 tensor, inputs (batch, ...), targets (batch, ...).
+    list, inputs (batch, ...), targets (batch, ...).
 
     Raises:
         DataError: a bad sample, or two samples whose inputs (or targets) differ in shape,
@@ -123,8 +123,9 @@ def stack_samples(indices: list[int], samples: list, keys: Keys, name: str):
                     f"{tuple(tensor.shape)}. Resize or pad them to one shape in __getitem__, or "
                     "pass a collate_fn that pads."
                 )
-    index_tensor = torch.tensor(indices, dtype=torch.int64)
-    return index_tensor, torch.stack(inputs), torch.stack(targets)
+    # The indices stay a list: a worker sends each tensor's memory through a file descriptor of
+    # its own, which costs more than pickling a hundred small integers.
+    return list(indices), torch.stack(inputs), torch.stack(targets)
 
 
 def batch_from_collate(batch, keys: Keys, name: str):
@@ -156,8 +157,7 @@ class Collate:
             _, inputs, targets = batch_from_collate(
                 self.user_collate(samples), self.keys, self.name
             )
-            index = None if indices is None else torch.tensor(indices, dtype=torch.int64)
-            return index, inputs, targets
+            return indices, inputs, targets
         if indices is None:
             _, inputs, targets = stack_samples(
                 list(range(len(samples))), samples, self.keys, self.name

@@ -6,9 +6,10 @@ Two kinds of loader, both behind `StreamLoader`:
   are read by a plain `torch.utils.data.DataLoader` driven by torchloom's `EpochBatchSampler`:
   each epoch's order is a seeded permutation that depends only on (seed, epoch), and each index
   travels to the worker with its epoch. `SeededSamples` seeds the worker's torch, NumPy and
-  `random` generators from (seed, epoch, index) before each `__getitem__`, so a sample's random
-  augmentation does not depend on which worker read it or what that worker read before: a
-  resumed run, restarting the sampler at the saved position, sees bitwise the same batches.
+  `random` generators from (seed, epoch, the batch's first index) before the batch's
+  `__getitem__` calls, so the random augmentation of a batch does not depend on which worker
+  read it or what that worker read before: a resumed run, restarting the sampler at the saved
+  position, sees bitwise the same batches.
   (torchdata's `StatefulDataLoader` restores the sampler but reseeds each worker to its
   start-of-epoch state, so augmentation drawn from the global generators would differ.)
 - **Iterable datasets and custom samplers** are read by torchdata's `StatefulDataLoader`, whose
@@ -63,8 +64,9 @@ class SeededSamples(Dataset):
 
     `position` is a position in the split (mapped to the dataset's own index through the
     split's rows). In a worker process, the global torch, NumPy and `random` generators are
-    seeded from (seed, epoch, index) before the sample is read; in the main process (no
-    workers) they are left alone: their state is part of every checkpoint.
+    seeded from (seed, epoch, index) before a sample (or a batch, see `__getitems__`) is read;
+    in the main process (no workers) they are left alone: their state is part of every
+    checkpoint.
     """
 
     def __init__(self, split: DatasetSplit, seed: int):
@@ -82,7 +84,9 @@ class SeededSamples(Dataset):
         if get_worker_info() is None:
             return
         value = sample_seed(self.seed, epoch, index)
-        torch.manual_seed(value)
+        # The CPU generator alone: `torch.manual_seed` also visits every other device type,
+        # which costs more than a small sample's read (a worker never uses CUDA).
+        torch.default_generator.manual_seed(value)
         random.seed(value)
         np.random.seed(value % 2**32)
 
@@ -96,16 +100,25 @@ class SeededSamples(Dataset):
             raise DataError(_read_error(self.name, index, error)) from None
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list:
-        if not self.batched:
-            return [self[key] for key in keys]
+        """One batch: the generators are seeded once, from its first sample's (epoch, index);
+        its samples are then read in order. The batch is fixed by the sampler, so what they
+        draw does not depend on the worker either, and one seeding a batch costs far less than
+        one a sample."""
         indices = [self._index(position) for _, position in keys]
-        # One seed per batch: a batched read is one call, and the batch is fixed by the sampler.
         self._seed(keys[0][0], indices[0])
-        try:
-            samples = self.dataset.__getitems__(indices)
-        except Exception as error:
-            raise DataError(_read_error(self.name, indices, error)) from None
-        return list(zip(indices, samples, strict=True))
+        if self.batched:
+            try:
+                samples = self.dataset.__getitems__(indices)
+            except Exception as error:
+                raise DataError(_read_error(self.name, indices, error)) from None
+            return list(zip(indices, samples, strict=True))
+        items = []
+        for index in indices:
+            try:
+                items.append((index, self.dataset[index]))
+            except Exception as error:  # the user's code: name the sample and what it raised
+                raise DataError(_read_error(self.name, index, error)) from None
+        return items
 
 
 def _read_error(name: str, index, error: Exception) -> str:
@@ -329,7 +342,7 @@ class ResumePromise:
 
 
 def resume_promise(split: DatasetSplit) -> ResumePromise:
-    """Exact resume (torchloom's sampler and per-sample seeds) for map-style datasets whose
+    """Exact resume (torchloom's sampler and seeds per batch) for map-style datasets whose
     loader shuffles or not with the standard samplers; torchdata's stateful loader otherwise."""
     from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
@@ -342,7 +355,9 @@ def resume_promise(split: DatasetSplit) -> ResumePromise:
             "the global generators inside it is not restored.",
         )
     if user is None:
-        return ResumePromise(True, "exact (seeded order and per-sample seeds).")
+        return ResumePromise(
+            True, "exact (a seeded order, and the generators seeded for each batch in the workers)."
+        )
     standard_batches = type(user.batch_sampler) is BatchSampler
     standard_order = type(user.sampler) in (RandomSampler, SequentialSampler)
     if standard_batches and standard_order and user.batch_size is not None:
