@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -407,3 +408,31 @@ def test_a_hugging_face_dataset_trains_through_the_same_path():
     run = tl.fit("mlp", table, **OPTIONS)
     assert run.task.classes[:2] == ["d0", "d1"]
     assert run.evaluate("test")["accuracy"] >= 0.9
+
+
+# --- the doctor knows about input -------------------------------------------------------------
+
+
+class SlowReads(Dataset):
+    classes = ["a", "b"]
+
+    def __len__(self) -> int:
+        return 400
+
+    def __getitem__(self, index: int):
+        time.sleep(0.002)  # a slow disk or decoder
+        return torch.full((4,), float(index % 2)), index % 2
+
+
+def test_the_doctor_says_when_training_waited_on_the_loader():
+    run = tl.fit("mlp", SlowReads(), epochs=2, num_workers=1, val=0, test=0, progress=False)
+    waited = run.diagnostics["input"]
+    assert waited["batches"] == 8 and waited["num_workers"] == 1
+    assert waited["wait_seconds"] >= 0.5 * 400 * 2 * 0.002  # the reads' sleep, mostly waited
+    verdict = tl.doctor(run, quiet=True)["input-bound"]
+    assert verdict.severity == "warning" and "data.num_workers=2" in verdict.advice
+    assert "__getitems__" in verdict.advice and verdict.fix == {"data.num_workers": 2}
+    from torchloom.diagnosis import Evidence, checks_data
+
+    quick = {**waited, "wait_seconds": 0.1 * waited["seconds"]}  # a tenth: not input-bound
+    assert checks_data.input_bound(Evidence([], {}, {"input": quick})) is None

@@ -222,6 +222,7 @@ class StreamLoader:
             pin = pin or user.pin_memory
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.batched_reads = hasattr(split.dataset, "__getitems__")
         collate = Collate(split.keys, split.name, _user_collate(user), indexed=not split.iterable)
         options = {
             "num_workers": num_workers,

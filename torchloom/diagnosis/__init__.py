@@ -38,6 +38,7 @@ CHECKS: dict[str, Callable[[Evidence], Verdict | None]] = {
     "class-imbalance": checks_data.class_imbalance,
     "data-leakage": checks_data.leakage,
     "small-validation-set": checks_data.small_validation_set,
+    "input-bound": checks_data.input_bound,
 }
 # After a divergence the curves say nothing about the learning rate or fitting.
 AFTER_DIVERGENCE_SKIPPED = ("lr-too-high", "lr-too-low", "overfitting")

@@ -137,6 +137,13 @@ def wilson_half_width(accuracy: float, count: int, z: float = 1.96) -> float:
     return spread / denominator
 
 
+# The loop waited on its loader for at least this share of a run of at least this many seconds:
+# reading, not the model, set the pace (a warning from the second share on).
+INPUT_BOUND_SHARE = 0.2
+INPUT_BOUND_WARNING = 0.4
+MIN_INPUT_SECONDS = 1.0
+
+
 def small_validation_set(evidence: Evidence) -> Verdict | None:
     """A validation split too small to tell apart the accuracies it reports."""
     splits = evidence.facts.get("splits") or {}
@@ -174,4 +181,40 @@ def small_validation_set(evidence: Evidence) -> Verdict | None:
         "cross-validation on small datasets.",
         {"val_samples": count, "accuracy": accuracy, "half_width_95": half},
         {"data.val": 0.2},
+    )
+
+
+def input_bound(evidence: Evidence) -> Verdict | None:
+    """Training that waited on its loader (a dataset of the user's) for a good part of its time."""
+    waited = (evidence.diagnostics or {}).get("input")
+    if not waited or waited["seconds"] < MIN_INPUT_SECONDS:
+        return None
+    share = waited["wait_seconds"] / waited["seconds"]
+    if share < INPUT_BOUND_SHARE:
+        return None
+    workers = waited["num_workers"]
+    batches = max(waited["batches"], 1)
+    advice = [f"more loader workers (data.num_workers={max(2, 2 * workers)})"]
+    if not waited["batched_reads"]:
+        advice.append(
+            "a batched read: give the dataset a __getitems__(indices) that reads a whole batch "
+            "at once (torchloom's loader calls it)"
+        )
+    advice.append(
+        "pack the data into shards (torchloom data pack CONFIG OUT_DIR) or load it into memory "
+        "when it fits"
+    )
+    if waited["device"] == "cuda":
+        advice.append("keep batches in pinned memory (torchloom pins them on CUDA)")
+    return Verdict(
+        "input-bound",
+        "warning" if share >= INPUT_BOUND_WARNING else "info",
+        f"the training loop waited on the data loader for {number(share * 100)}% of its time "
+        f"({number(waited['wait_seconds'])} s of {number(waited['seconds'])} s, "
+        f"{number(waited['wait_seconds'] / batches * 1000)} ms a batch, {workers} "
+        f"worker{'' if workers == 1 else 's'}): "
+        "the model was idle while the next batch was read.",
+        "; ".join(advice) + ".",
+        {"wait_share": share, **waited},
+        {"data.num_workers": max(2, 2 * workers)},
     )

@@ -11,6 +11,8 @@ sampled one to that step's backward. Values stay on the device until 64 samples 
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -95,9 +97,12 @@ class DiagnosticsRecorder(Callback):
         self.weights_before: list[torch.Tensor] | None = None
         self.pending: list[dict] = []  # samples whose values are still device tensors
         self.samples: list[dict] = []
+        self.input: dict | None = None  # how long the loop waited on a dataset's loader
+        self.started = 0.0
 
     # --- events -----------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:
+        self.started = time.perf_counter()
         modules = dict(state.model.named_modules())
         self.layers = []
         for name, parameter in state.model.named_parameters():
@@ -152,6 +157,21 @@ class DiagnosticsRecorder(Callback):
         self._remove_hooks()
         self.current, self.weights_before = None, None
         self._flush()
+        self._input(state.loader)
+
+    def _input(self, loader) -> None:
+        """For a loader over a dataset of the user's (it times each wait for a batch): the
+        seconds the loop waited on it, of the seconds it ran, and how it read."""
+        if not hasattr(loader, "wait_seconds"):
+            return  # in-memory slices: nothing to wait for
+        self.input = {
+            "seconds": time.perf_counter() - self.started,
+            "wait_seconds": loader.wait_seconds,
+            "batches": loader.batches_read,
+            "num_workers": loader.num_workers,
+            "batched_reads": loader.batched_reads,
+            "device": loader.device.type,
+        }
 
     # --- recording ----------------------------------------------------------------------------
     def _arm(self, state: TrainState) -> None:
@@ -235,4 +255,5 @@ class DiagnosticsRecorder(Callback):
                 for name, _, kind in self.activation_modules
             ],
             "samples": self.samples,
+            **({"input": self.input} if self.input is not None else {}),
         }
