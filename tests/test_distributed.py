@@ -127,3 +127,35 @@ def test_one_process_without_torchrun_has_no_distributed_world(monkeypatch):
     assert not world.active and world.is_main
     values = torch.tensor([1.0, 2.0])
     assert world.all_reduce(values) is values
+
+
+DATASET_SCRIPT = Path(__file__).with_name("distributed_dataset_script.py")
+
+
+def test_a_dataset_of_your_own_is_sharded_by_rank_and_equals_one_process(tmp_path):
+    from tests.distributed_dataset_script import IndexedDigits
+
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    done = torchrun(str(DATASET_SCRIPT), str(ddp_dir), "50")
+    assert done.returncode == 0, done.stderr[-3000:]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    single = subprocess.run(
+        [sys.executable, str(DATASET_SCRIPT), str(single_dir), "100"],
+        capture_output=True, text=True, timeout=240, env=environment, cwd=REPO,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp, plain = weights(ddp_dir / "run"), weights(single_dir / "run")
+    for name in ddp:
+        torch.testing.assert_close(ddp[name], plain[name], rtol=0, atol=1e-5)
+    # Every training sample once per epoch across the ranks, the same number of batches each.
+    ranks = [(ddp_dir / f"seen.{rank}").read_text().splitlines() for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])
+    train = tl.data.split_dataset(IndexedDigits(), val=0.1, test=0.2, seed=0).train.indices
+    per_epoch = len(ranks[0]) // 2
+    for epoch in range(2):
+        lines = [
+            line for rank in ranks for line in rank[epoch * per_epoch : (epoch + 1) * per_epoch]
+        ]
+        assert sorted(int(i) for line in lines for i in line.split()) == train.tolist()
