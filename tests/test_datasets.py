@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 import torchloom as tl
 from tests.conftest import REPO
 from torchloom.errors import DataError
+from torchloom.train.callbacks import TrainingInterrupted
 
 SCENARIO = [sys.executable, str(REPO / "tests" / "stream_scenario.py")]
 
@@ -436,3 +437,52 @@ def test_the_doctor_says_when_training_waited_on_the_loader():
 
     quick = {**waited, "wait_seconds": 0.1 * waited["seconds"]}  # a tenth: not input-bound
     assert checks_data.input_bound(Evidence([], {}, {"input": quick})) is None
+
+
+class Countdown(IterableDataset):
+    """A stream of 960 (x, x squared) samples, split between the loader's workers, with a
+    `state_dict` (how many it yielded) that torchdata's StatefulDataLoader saves per worker."""
+
+    def __init__(self):
+        self.done = 0
+
+    def __iter__(self):
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        rows = np.linspace(-1, 1, 960, dtype=np.float32)[worker::workers]
+        for position in range(self.done, len(rows)):
+            self.done = position + 1
+            yield rows[position : position + 1], np.float32(rows[position] ** 2)
+        self.done = 0
+
+    def state_dict(self):
+        return {"done": self.done}
+
+    def load_state_dict(self, state):
+        self.done = state["done"]
+
+
+class InterruptAt(tl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_batch_end(self, state):
+        if state.step == self.step:
+            state.interrupt_requested = signal.SIGINT  # as Ctrl-C would: save, then stop
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_iterable_dataset_with_state_resumes_exactly(tmp_path, workers):
+    options = {"epochs": 3, "batch_size": 32, "shuffle": False, "progress": False,
+               "num_workers": workers, "output_dir": str(tmp_path)}  # fmt: skip
+    torch.manual_seed(0)
+    whole = tl.fit(nn.Linear(1, 1), Countdown(), name="whole", **options)
+    torch.manual_seed(0)
+    with pytest.raises(TrainingInterrupted, match="stopped at step 41"):
+        tl.fit(nn.Linear(1, 1), Countdown(), name="cut", callbacks=[InterruptAt(40)], **options)
+    resumed = tl.resume(tmp_path / "cut", model=nn.Linear(1, 1), data=Countdown())
+    assert resumed.history == whole.history  # 30 batches an epoch: resumed mid-epoch 2
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name

@@ -521,7 +521,9 @@ def gather(split: DatasetSplit, limit: int, seed: int = 0):
             items.append(sample)
             if len(items) == limit:
                 break
-        _, inputs, targets = collate(items)
+        indices, inputs, targets = collate(items)
+        if split.check is not None:
+            inputs, targets = split.check(indices, inputs, targets)
         return Split(inputs, targets)
     count = len(split)
     positions = np.arange(count)
@@ -532,7 +534,9 @@ def gather(split: DatasetSplit, limit: int, seed: int = 0):
     inputs, targets = [], []
     for start in range(0, len(positions), 256):
         items = [dataset[(-1, int(p))] for p in positions[start : start + 256]]
-        _, batch_inputs, batch_targets = collate(items)
+        indices, batch_inputs, batch_targets = collate(items)
+        if split.check is not None:  # as training casts them (regression: (n, k) float32)
+            batch_inputs, batch_targets = split.check(indices, batch_inputs, batch_targets)
         inputs.append(batch_inputs)
         targets.append(batch_targets)
     return Split(torch.cat(inputs), torch.cat(targets))

@@ -74,8 +74,11 @@ def run_facts(run) -> dict:
     return facts
 
 
-def _size(split: Split | None) -> int:
-    return 0 if split is None else len(split)
+def _size(split: Split | None) -> int | None:
+    """The split's sample count; None for an iterable dataset without a length."""
+    if split is None:
+        return 0
+    return None if split.streamed and not split.sized else len(split)
 
 
 def _subset(split: Split, limit: int) -> Split:
