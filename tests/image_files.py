@@ -138,3 +138,39 @@ def write_image_folder(root: Path, per_class: int = 4, size=(6, 5), mode: str = 
         (folder / "notes.txt").write_text("not an image; ignored by its suffix")
         written[name] = arrays
     return written
+
+
+BAR_CLASSES = ("diagonal", "horizontal", "vertical")
+
+
+def write_bar_folder(
+    root: Path, per_class: int = 60, size: int = 16, seed: int = 0, jpeg_every: int = 0
+) -> Path:
+    """root/<class>/NNN.png: a bright bar of a random color, horizontal, vertical or diagonal, at
+    a random offset on RGB noise; an easy task a small convnet learns in a few epochs.
+
+    Args:
+        jpeg_every: every n-th image is saved as JPEG instead (0: none).
+
+    Returns:
+        root.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:size, :size]
+    for name in BAR_CLASSES:
+        folder = root / name
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            image = rng.integers(0, 160, (size, size, 3), dtype=np.uint8)  # (height, width, 3)
+            offset = int(rng.integers(2, size - 2))
+            bar = {
+                "horizontal": abs(rows - offset) <= 1,
+                "vertical": abs(columns - offset) <= 1,
+                "diagonal": abs(rows - columns - (offset - size // 2)) <= 1,
+            }[name]
+            image[bar] = rng.integers(160, 256, 3, dtype=np.uint8)
+            jpeg = jpeg_every and index % jpeg_every == jpeg_every - 1
+            Image.fromarray(image).save(folder / f"{index:03d}.{'jpg' if jpeg else 'png'}")
+    return root

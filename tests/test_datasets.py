@@ -57,7 +57,7 @@ OPTIONS = {"epochs": 12, "optimizer": {"name": "adam", "lr": 0.003}, "progress":
 
 def test_the_tutorials_dataloader_goes_straight_into_fit_and_learns():
     run = tl.fit("mlp", digits_loader(), **OPTIONS)
-    assert run.data.streamed and len(run.data.train) == 1258 and len(run.data.test) == 359
+    assert run.data.streamed and len(run.data.train) == 1257 and len(run.data.test) == 360
     assert run.task.name == "classification" and run.task.num_outputs == 10
     test = run.evaluate("test")
     assert test["accuracy"] >= 0.93, test
@@ -142,7 +142,7 @@ def test_a_run_on_a_dataset_writes_a_full_run_directory(tmp_path):
     events.Reload()
     assert "val/accuracy" in events.Tags()["scalars"]
     facts = run.diagnostics["facts"]
-    assert facts["splits"] == {"train": 1258, "val": 180, "test": 359}
+    assert facts["splits"] == {"train": 1257, "val": 180, "test": 360}
     assert facts["baseline"]["name"] == "logistic regression"
     loaded = tl.load_run(tmp_path / "own")  # predicts from the run directory alone
     np.testing.assert_array_equal(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.image_files import write_bar_folder
 from torchloom.api import fit_config, registries
 from torchloom.config import load_config
 
@@ -46,6 +47,8 @@ def test_example_trains_a_few_epochs(path, tmp_path):
             ["trainer.epochs=3", f"output.dir={tmp_path}", "trainer.progress=false"],
         )
         overrides.append(f"transfer.source={source.dir}")
+    if path.name == "image_folder_stream.yaml":  # its data: your folder; here, one written now
+        overrides.append(f"data.path={write_bar_folder(tmp_path / 'bars', per_class=100)}")
     run = fit_config(path, overrides + SMALLER.get(path.name, []))
     assert len(run.history) == 3
     if run.task.name == "gan":  # two players: the discriminator's loss rises as G improves

@@ -1,4 +1,4 @@
-"""The command line: `torchloom train|evaluate|predict|summary|lr-find|doctor|explain`.
+"""The command line: `torchloom train|evaluate|predict|summary|lr-find|doctor|explain|data`.
 
 Parsing imports nothing heavy, so `torchloom --help` answers without importing torch. A user
 mistake prints one message to stderr and exits with code 2.
@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   torchloom export runs/mlp-digits-20261127-101500 --format onnx
   torchloom runs --compare runs/mlp-digits-a runs/mlp-digits-b
   torchloom tune examples/digits_tune.yaml --trials 20
+  torchloom data pack examples/fashion_mnist_lenet.yaml shards/fashion_mnist
 """
 
 
@@ -134,7 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("-o", "--output", help="file to write (default: inside RUN_DIR)")
     add_tracking_commands(commands)
+    add_data_commands(commands)
     return parser
+
+
+def add_data_commands(commands) -> None:
+    """`torchloom data pack` (handler in torchloom/data_commands.py)."""
+    data = commands.add_parser(
+        "data",
+        help="data tools: pack a config's data into shards for data larger than memory",
+        description="Data tools. See docs/shards.md.",
+    )
+    tools = data.add_subparsers(dest="data_command", metavar="TOOL", required=True)
+    pack = tools.add_parser(
+        "pack",
+        help="write the config's data as litdata shards in OUT_DIR (train, val, test)",
+        description="Load the data section of CONFIG (split, preprocessed) and write it as "
+        "litdata shards in OUT_DIR, a batch at a time; train from them with data: {name: "
+        "shards, path: OUT_DIR}. Needs: pip install 'torchloom[shards]' && pip install "
+        "--no-deps litdata==0.2.76.",
+    )
+    pack.add_argument("arguments", nargs="+", metavar="CONFIG OUT_DIR [key=value ...]")
+    pack.add_argument(
+        "--chunk-bytes",
+        default="64MB",
+        help="size of each chunk file (default: %(default)s); a reader keeps a few mapped",
+    )
 
 
 def add_tracking_commands(commands) -> None:

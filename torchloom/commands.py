@@ -46,6 +46,13 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def data(args: argparse.Namespace) -> int:
+    """`torchloom data TOOL` (torchloom/data_commands.py)."""
+    from torchloom.data_commands import data as data_tool
+
+    return data_tool(args)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     run = api.load_run(args.run_dir)
     if run.data is None:
@@ -172,7 +179,7 @@ def summary(args: argparse.Namespace) -> int:
     config = api.resolve_config(path, overrides)
     data = api.load_data(config)
     model = models.build(config.model.name, **config.model.options)
-    example = data.train.features[:2]
+    example = data.train.sample(2).features[:2]
     models.materialize(model, example, data.num_outputs, data.preprocess.vocab_size)
     rows = models.summary(model, example)
     table = Table(title=f"{config.model.name} on {data.name}: input {(-1, *data.input_shape)}")

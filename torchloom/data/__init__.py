@@ -17,7 +17,9 @@ from torchloom.data.datasets import DatasetSplit, from_datasets, is_dataset, spl
 from torchloom.data.loader import BatchLoader
 from torchloom.data.preprocess import Preprocess
 from torchloom.data.series import Series
+from torchloom.data.shards import pack
 from torchloom.data.sources import SOURCES, STREAMED, Table
+from torchloom.data.splits import check_fractions, split_rows
 from torchloom.data.windows import split_series
 from torchloom.errors import DataError, lookup
 
@@ -36,6 +38,7 @@ __all__ = [
     "load",
     "names",
     "option_problems",
+    "pack",
     "series_names",
 ]
 
@@ -412,17 +415,7 @@ def split_table(
     columns_step = missing_spec is not None or bool(table.categorical)
     table, dropped = missing_module.drop_missing_rows(table, missing_spec)
 
-    for label, fraction in (("val", val), ("test", test)):
-        if not 0 <= fraction < 1:
-            raise DataError(
-                f"data.{label}: expected a fraction in [0, 1), got {fraction:g} (counts of "
-                "time steps are for time series sources only)."
-            )
-    if val + test >= 1:
-        raise DataError(
-            f"data.val + data.test = {val + test:g} leaves nothing to train on. "
-            "Keep their sum below 1."
-        )
+    check_fractions(val, test)
     num_samples = len(table.features)
     if num_samples == 0:
         raise DataError(f"data '{table.name}' is empty: no samples to train on.")
@@ -455,45 +448,16 @@ def split_table(
                     f"{advice.format(row=row)} before training."
                 )
     index = np.arange(num_samples)
-    stratify = table.task in ("classification", "anomaly")
-
-    def hold_out(pool: np.ndarray, size: float, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if size == 0:
-            return pool, pool[:0]
-        # Imported only to hold rows out: scikit-learn adds ~0.5-2 s before the first step
-        # of a fit on unsplit data (val=0, test=0), which never needs it.
-        from sklearn.model_selection import train_test_split
-
-        try:
-            return train_test_split(
-                pool,
-                test_size=size,
-                random_state=seed,
-                stratify=table.targets[pool] if stratify else None,
-            )
-        except ValueError as error:
-            raise DataError(
-                f"data '{table.name}': cannot hold out {name} ({error}). "
-                f"Use a larger dataset or a different data.{name} fraction."
-            ) from None
-
-    if table.test_start is not None:
-        # The source's official test set (Fashion-MNIST, CIFAR-10) whenever a test split is
-        # asked for (test 0 leaves it out); val is then a fraction of the official training set.
-        rest = index[: table.test_start]
-        test_index = index[table.test_start :] if test else index[:0]
-        train_index, val_index = hold_out(rest, val, "val")
-    else:
-        rest, test_index = hold_out(index, test, "test")
-        # The validation fraction is of all samples, so rescale it to the remaining pool.
-        train_index, val_index = hold_out(rest, val / (1 - test) if val else 0, "val")
-    for name, held in (("val", val_index), ("test", test_index)):
-        if len(held) == 1:
-            raise DataError(
-                f"data '{table.name}': the {name} split would hold 1 of {num_samples} samples; "
-                f"at least 2 are needed to measure anything. Use more data or set "
-                f"data.{name}: 0."
-            )
+    rows = split_rows(
+        table.targets,
+        val=val,
+        test=test,
+        seed=seed,
+        name=table.name,
+        stratify=table.task in ("classification", "anomaly"),
+        test_start=table.test_start,
+    )
+    train_index, val_index, test_index = rows["train"], rows["val"], rows["test"]
     if table.task == "anomaly":
         train_index = train_index[table.targets[train_index] == 0]  # normal rows only
     preprocess = Preprocess(table.feature_names, table.classes, table.task)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from torchloom.data.preprocess import Preprocess
 from torchloom.data.samples import Keys
+from torchloom.data.splits import split_rows
 from torchloom.errors import DataError
 
 
@@ -149,8 +150,9 @@ def split_dataset(
     given, *, val: float, test: float, seed: int, task=None, input_key=None, target_key=None
 ):
     """A single dataset (or loader) given to `fit`: a map-style one is split into train/val/test
-    by a seeded permutation of its indices; an iterable one trains whole, without held-out
-    metrics."""
+    as arrays are (`torchloom.data.splits.split_rows`: seeded, stratified by class when the
+    dataset lists its `targets`, as torchvision's datasets do); an iterable one trains whole,
+    without held-out metrics."""
     keys = Keys(input_key, target_key)
     whole = _split(given, keys, "dataset")
     if whole.iterable or (val == 0 and test == 0):
@@ -158,22 +160,18 @@ def split_dataset(
     count = len(whole)
     if count == 0:
         raise DataError("dataset: it is empty (len 0); there is nothing to train on.")
-    order = np.random.default_rng(seed).permutation(count)
-    num_test, num_val = int(round(count * test)), int(round(count * val))
-    for split_name, number in (("val", num_val), ("test", num_test)):
-        if number == 1 or (number == 0 and (val if split_name == "val" else test) > 0):
-            raise DataError(
-                f"dataset: the {split_name} split would hold {number} of {count} samples; at "
-                f"least 2 are needed to measure anything. Use more data or set "
-                f"{split_name}=0."
-            )
-    if num_val + num_test >= count:
-        raise DataError(f"dataset: val and test leave none of its {count} samples to train on.")
-    parts = {
-        "test": np.sort(order[:num_test]),
-        "val": np.sort(order[num_test : num_test + num_val]),
-        "train": np.sort(order[num_test + num_val :]),
-    }
+    # Stratified by class when the dataset lists its targets (torchvision's do), as arrays are;
+    # else a seeded random split of the indices.
+    targets = _listed_targets(whole.dataset, count)
+    rows = split_rows(
+        np.zeros(count) if targets is None else targets,
+        val=val,
+        test=test,
+        seed=seed,
+        name=type(whole.dataset).__name__,
+        stratify=targets is not None,
+    )
+    parts = {name: np.sort(held) for name, held in rows.items()}
     made = {
         split_name: DatasetSplit(
             whole.dataset, rows, keys, f"{split_name} dataset", whole.user_loader
@@ -182,6 +180,17 @@ def split_dataset(
         if len(rows)
     }
     return _data(made["train"], made.get("val"), made.get("test"), task, None, None, keys)
+
+
+def _listed_targets(dataset, count: int) -> np.ndarray | None:
+    """The dataset's `targets` attribute as (count,) class indices, when it has one."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None or callable(targets):
+        return None
+    values = np.asarray(targets)
+    if values.shape != (count,) or not np.issubdtype(values.dtype, np.integer):
+        return None
+    return values
 
 
 def replace_name(split: DatasetSplit, name: str) -> DatasetSplit:

@@ -209,6 +209,18 @@ def _channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[list[flo
         block = block.reshape(len(block), channels, -1)  # (chunk, channels, pixels)
         total += block.sum(axis=(0, 2))
         squares += np.square(block).sum(axis=(0, 2))
+    return scale_from_sums(total, squares, count)
+
+
+def scale_from_sums(
+    total: np.ndarray, squares: np.ndarray, count: int
+) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation from float64 sums of values and of their squares over
+    `count` values each (one entry per channel, or per feature); a constant one keeps its scale.
+
+    Shared by the in-memory fit and the streamed one (`torchloom.data.image_stream`), so both
+    give the same numbers: sums of whole pixel values are exact in float64, in any order.
+    """
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     std[std < 1e-12] = 1.0  # a constant channel keeps its scale

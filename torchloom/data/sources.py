@@ -247,6 +247,7 @@ def cars(target: str = "Origin", task: str | None = None) -> Table:
 
 # Image sources live in their own modules; they build `Table`s, so they are imported here, after
 # `Table` is defined.
+from torchloom.data.image_stream import image_folder_stream  # noqa: E402
 from torchloom.data.images import (  # noqa: E402
     cifar10,
     fashion_mnist,
@@ -256,6 +257,7 @@ from torchloom.data.images import (  # noqa: E402
 )
 from torchloom.data.multilabel_anomaly import digits_anomaly, shuttle, yeast  # noqa: E402
 from torchloom.data.series import SERIES_SOURCES  # noqa: E402
+from torchloom.data.shards import shards  # noqa: E402
 from torchloom.data.text import rotten_tomatoes, text_csv  # noqa: E402
 
 SOURCES: dict[str, Callable[..., Table]] = {
@@ -278,9 +280,10 @@ SOURCES: dict[str, Callable[..., Table]] = {
     **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
     "rotten_tomatoes": rotten_tomatoes,
     "text_csv": text_csv,
+    "shards": shards,  # written by torchloom.data.pack, read a batch at a time
 }
 
 # Sources that can also stream from disk (`data.stream: true`): the same options, plus `val`,
 # `test`, `seed` and `standardize`; each returns `Data` whose splits are datasets read by
 # worker processes, never the whole source in memory.
-STREAMED: dict[str, Callable] = {}
+STREAMED: dict[str, Callable] = {"image_folder": image_folder_stream}

@@ -96,6 +96,8 @@ class SeededSamples(Dataset):
         self._seed(epoch, index)
         try:
             return index, self.dataset[index]
+        except DataError:  # already says what is wrong with which sample
+            raise
         except Exception as error:  # the user's code: name the sample and what it raised
             raise DataError(_read_error(self.name, index, error)) from None
 
@@ -109,6 +111,8 @@ class SeededSamples(Dataset):
         if self.batched:
             try:
                 samples = self.dataset.__getitems__(indices)
+            except DataError:
+                raise
             except Exception as error:
                 raise DataError(_read_error(self.name, indices, error)) from None
             return list(zip(indices, samples, strict=True))
@@ -116,6 +120,8 @@ class SeededSamples(Dataset):
         for index in indices:
             try:
                 items.append((index, self.dataset[index]))
+            except DataError:  # already says what is wrong with which sample
+                raise
             except Exception as error:  # the user's code: name the sample and what it raised
                 raise DataError(_read_error(self.name, index, error)) from None
         return items
@@ -424,6 +430,8 @@ class _Indexed(Dataset):
         index = self.split.row(position)
         try:
             return index, self.split.dataset[index]
+        except DataError:
+            raise
         except Exception as error:
             raise DataError(_read_error(self.split.name, index, error)) from None
 

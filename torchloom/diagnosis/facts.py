@@ -17,6 +17,10 @@ from torchloom.data import Split
 # Rows used for the training-split metrics and the linear baseline: enough for a stable estimate,
 # few enough that a big dataset adds well under a second to the end of fit.
 MAX_ROWS = 5000
+# For a dataset read from disk, the samples read for the facts take at most this many bytes a
+# split (but at least this many samples).
+MAX_STREAMED_BYTES = 16 * 2**20
+MIN_STREAMED_ROWS = 200
 # The baseline is skipped on wider inputs (an image as a vector), where fitting it gets slow.
 MAX_BASELINE_FEATURES = 1024
 # ... and fitted on at most this many training rows, which bounds its cost (~0.1 s).
@@ -37,11 +41,15 @@ def run_facts(run) -> dict:
         return {}
     sizes = {name: _size(getattr(data, name)) for name in ("train", "val", "test")}
     if data.streamed:  # the user's own datasets: the facts are measured on a seeded sample
+        # whose size is bounded in bytes too, so that data read from disk to stay out of memory
+        # is not read into it here.
+        sample_bytes = 4 * int(np.prod(data.input_shape))
+        rows = max(MIN_STREAMED_ROWS, min(MAX_ROWS, MAX_STREAMED_BYTES // sample_bytes))
         data = replace(
             data,
-            train=data.train.sample(MAX_ROWS),
-            val=data.val and data.val.sample(MAX_ROWS),
-            test=data.test and data.test.sample(MAX_ROWS),
+            train=data.train.sample(rows),
+            val=data.val and data.val.sample(rows),
+            test=data.test and data.test.sample(rows),
         )
     train = _subset(data.train, MAX_ROWS)
     vocab_size = run.preprocess.vocab_size  # text: token ids, whose "scale" means nothing
