@@ -261,7 +261,9 @@ def test_a_bad_sample_is_one_clear_error(fault, message, workers):
     assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
 
 
-def test_an_empty_dataset_and_a_wrong_type_are_refused():
+def test_an_empty_dataset_a_wrong_type_and_a_bad_worker_count_are_refused():
+    with pytest.raises(tl.ConfigError, match=r"data.num_workers: expected 'auto' or a number"):
+        tl.fit("mlp", Digits(), num_workers=-1)
     with pytest.raises(DataError, match=r"^train dataset: it is empty \(len 0\)"):
         tl.data.from_datasets(train=Faulty("empty"))
     with pytest.raises(DataError, match=r"expected a torch Dataset, IterableDataset or DataLoader"):

@@ -404,6 +404,8 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
         raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+        if hasattr(loader, "close"):  # a dataset's loader: its worker processes end here
+            loader.close()
     # Training is over: leave the process group, so evaluating the test split and writing the
     # report happen on rank 0 alone, as in a single process.
     world.stop()

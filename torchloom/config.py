@@ -118,6 +118,13 @@ class DataConfig(Section):
     def _known_source(cls, value: str, info: ValidationInfo) -> str:
         return _check_name("data source", "data", value, info)
 
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"expected 'auto' or a number of worker processes >= 0, got {value}")
+        return value
+
     @model_validator(mode="after")
     def _file_options(self, info: ValidationInfo) -> DataConfig:
         if self.name == "csv" and (self.path is None or self.target is None):

@@ -326,6 +326,12 @@ class StreamLoader:
         self.position = 0
         self.epoch += 1
 
+    def close(self) -> None:
+        """Stop the persistent worker processes (fit calls it when training ends)."""
+        # A DataLoader keeps the iterator that owns its persistent workers; dropping it shuts
+        # them down (the next epoch, were there one, would start new ones).
+        self.loader._iterator = None
+
     def state_dict(self) -> dict:
         """The epoch, the batches of it already yielded and, for a torchdata loader, its own
         state (the sampler's position or each worker's dataset state)."""
