@@ -282,8 +282,10 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
     assert many["trained"] >= 4 * few["trained"]  # four times the images, decoded by workers
     grown = {who: many[who] - few[who] for who in ("self", "workers")}
     assert grown["self"] <= MARGIN_MIB and grown["workers"] <= MARGIN_MIB, (few, many)
-    # The same measurement of the in-memory source grows by more than the added images' float32
-    # size: the test fails for a path that holds the folder.
-    in_memory_few, in_memory_many = peaks([small, large], stream=False)
+    # The in-memory source, measured alike on the larger folder, holds the decoded images: the
+    # streamed peak stays below it by at least half of what the larger folder adds, so a path
+    # that held the folder would fail. (Its own growth is not compared: inside the whole suite
+    # its peak is set by something else at times, the same for both folders.)
+    _, in_memory_many = peaks([small, large], stream=False)
     added = 3 * FILES * 3 * SIDE * SIDE * 4 / 2**20
-    assert in_memory_many["self"] - in_memory_few["self"] > added, (in_memory_few, in_memory_many)
+    assert many["self"] < in_memory_many["self"] - added / 2, (many, in_memory_many)
