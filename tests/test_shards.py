@@ -243,3 +243,12 @@ def test_without_litdata_the_message_gives_the_install_lines(tmp_path, monkeypat
         raised.value
     )
     assert not (tmp_path / "iris").exists()
+
+
+def test_a_raw_litdata_dataset_is_pointed_at_the_shards_source(packed_digits):
+    import litdata
+
+    folder, _ = packed_digits
+    raw = litdata.StreamingDataset(str(folder / "train"))
+    with pytest.raises(DataError, match=r"read through torchloom's shards source"):
+        tl.fit("mlp", raw, epochs=1, progress=False)

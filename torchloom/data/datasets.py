@@ -210,6 +210,13 @@ def _is_hugging_face(value) -> bool:
 
 
 def _split(given, keys: Keys, name: str) -> DatasetSplit:
+    inner = given.dataset if isinstance(given, DataLoader) else given
+    if type(inner).__module__.startswith("litdata."):
+        raise DataError(
+            f"{name}: a litdata {type(inner).__name__} is read through torchloom's shards "
+            "source, which resumes it exactly: write the shards with torchloom.data.pack (or "
+            "torchloom data pack) and train on tl.data.load('shards', path=...)."
+        )
     if isinstance(given, DataLoader):
         return DatasetSplit(given.dataset, None, keys, name, given)
     if isinstance(given, Dataset) or _is_hugging_face(given):
