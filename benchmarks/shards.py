@@ -83,11 +83,23 @@ class Synthetic(Dataset):
         return torch.from_numpy(image), label
 
 
+def own_peak_kib() -> int:
+    """This process's peak RSS in KiB. Linux keeps ru_maxrss across exec, so a process started
+    by a big one (pytest in the whole suite) would report its parent's size; VmHWM belongs to
+    this process's own memory map."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        return int(line.split()[1])
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def peak_megabytes() -> dict:
     """Peak resident memory of this process and of its largest waited-for child, in MB."""
     to_mb = 1024 / 1e6  # ru_maxrss is in KiB on Linux
     return {
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb,
+        "peak_rss_mb": own_peak_kib() * to_mb,
         "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mb,
     }
 
