@@ -186,15 +186,7 @@ def from_options(model, data, options: dict, caller: str) -> tuple[Config, nn.Mo
     if isinstance(model, str):
         model = models.build(model)
     if data_module.is_dataset(data):  # the user's own Dataset, IterableDataset or DataLoader
-        data = data_module.split_dataset(
-            data,
-            val=config.data.val,
-            test=config.data.test,
-            seed=config.trainer.seed,
-            task=config.task,
-            input_key=config.data.input_key,
-            target_key=config.data.target_key,
-        )
+        data = _dataset_data(data, config)
     elif isinstance(data, tuple | list):
         if len(data) != 2:
             raise DataError(f"data: expected (features, targets), got {len(data)} items.")
@@ -422,6 +414,21 @@ def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, devi
     return run
 
 
+def _dataset_data(given, config: Config) -> Data:
+    """The user's own dataset or loader as `Data`, split by the config (as `fit` and `resume`
+    both must split it)."""
+    section = config.data
+    return data_module.split_dataset(
+        given,
+        val=section.val,
+        test=section.test,
+        seed=config.trainer.seed,
+        task=config.task,
+        input_key=section.input_key,
+        target_key=section.target_key,
+    )
+
+
 def _dataset_options(config: Config, data: Data) -> dict:
     """For the user's own datasets, how they were read (what a resume must read alike)."""
     if not data.streamed:
@@ -500,13 +507,5 @@ def resume(
             )
         data = load_data(config)
     elif data_module.is_dataset(data):  # split again exactly as the first time
-        data = data_module.split_dataset(
-            data,
-            val=config.data.val,
-            test=config.data.test,
-            seed=config.trainer.seed,
-            task=config.task,
-            input_key=config.data.input_key,
-            target_key=config.data.target_key,
-        )
+        data = _dataset_data(data, config)
     return _fit(model, data, config, list(callbacks), resume_dir=run_dir)
