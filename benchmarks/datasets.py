@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 import torchloom as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docs_sections import replace_section  # noqa: E402 - a sibling script module
+from docs_sections import replace_section  # a sibling script module
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 BATCH_SIZE = 100

@@ -36,25 +36,25 @@ import os
 # the cores (see tests/conftest.py); set before torch is imported, inherited by every step.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import gc
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
+import numpy as np
+import torch
+from torch.utils.data import Dataset
 
-import torchloom as tl  # noqa: E402
-from torchloom.train.callbacks import Callback  # noqa: E402
+import torchloom as tl
+from torchloom.train.callbacks import Callback
 
 SHAPE = (3, 32, 32)
 SAMPLE_BYTES = int(np.prod(SHAPE)) * 4  # float32 input; the target and headers add a little

@@ -134,7 +134,7 @@ def test_classes_come_from_the_dataset_or_a_pass_over_its_targets(capsys):
 def test_a_run_on_a_dataset_writes_a_full_run_directory(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = tl.fit("mlp", digits_loader(), output_dir=str(tmp_path), name="own", **OPTIONS)
+    run = tl.fit("mlp", digits_loader(), output_dir=str(tmp_path), name="own", **OPTIONS).wait()
     for name in ("config.yaml", "model.safetensors", "summary.json", "report.md",
                  "diagnostics.json", "plots/confusion_matrix.png"):  # fmt: skip
         assert (tmp_path / "own" / name).is_file(), name
@@ -472,7 +472,7 @@ class InterruptAt(tl.Callback):
 
     def on_batch_end(self, state):
         if state.step == self.step:
-            state.interrupt_requested = signal.SIGINT  # as Ctrl-C would: save, then stop
+            state.interrupt(signal.SIGINT)  # as Ctrl-C would: save, then stop
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -483,7 +483,7 @@ def test_an_iterable_dataset_with_state_resumes_exactly(tmp_path, workers):
     whole = tl.fit(nn.Linear(1, 1), Countdown(), name="whole", **options)
     torch.manual_seed(0)
     with pytest.raises(TrainingInterrupted, match="stopped at step 41"):
-        tl.fit(nn.Linear(1, 1), Countdown(), name="cut", callbacks=[InterruptAt(40)], **options)
+        tl.fit(nn.Linear(1, 1), Countdown(), name="cut", callbacks=[InterruptAt(41)], **options)
     resumed = tl.resume(tmp_path / "cut", model=nn.Linear(1, 1), data=Countdown())
     assert resumed.history == whole.history  # 30 batches an epoch: resumed mid-epoch 2
     for name, value in whole.model.state_dict().items():

@@ -30,7 +30,8 @@ SMALLER = {
     # torch.compile on a CPU builds C++ kernels for tens of seconds: the GPU options minus it.
     "fashion_fast_gpu.yaml": ["data.limit=3000", "trainer.compile=false"],
     "rotten_tomatoes_bag.yaml": ["data.full=false"],
-    # An LSTM over 12,808 snippets takes ~30 s an epoch on one core: the small corpus, a small net.
+    # An LSTM over all 12,808 snippets trains far longer than a test should: the small corpus and
+    # a small net.
     "rotten_tomatoes_lstm.yaml": [
         "data.full=false", "data.max_len=24", "trainer.batch_size=256", "model.hidden=16",
         "model.embedding_dim=16", "model.bidirectional=false",

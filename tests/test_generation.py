@@ -4,8 +4,8 @@ from the CLI, and the quality of generated digits judged by a classifier trained
 from __future__ import annotations
 
 import copy
+import math
 import signal
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from torchloom.errors import TorchloomError
 from torchloom.losses import ElboLoss, GanLoss
 from torchloom.tasks import make_task
 from torchloom.train.callbacks import Callback, TrainingInterrupted
+from torchloom.train.step import GradientClipper, Update
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +53,14 @@ def test_gan_step_equals_plain_pytorch_with_two_optimizers():
     tl.models.materialize(model, torch.zeros(2, 64), None)
     plain = copy.deepcopy(model)
     task = make_task("gan", num_outputs=10)
-    state = SimpleNamespace(optimizer=torch.optim.Adam(model.parameters(), lr=0.01))
+    update = Update(torch.optim.Adam(model.parameters(), lr=0.01))
     optimizer_d = torch.optim.Adam(plain.discriminator.parameters(), lr=0.01)
     optimizer_g = torch.optim.Adam(plain.generator.parameters(), lr=0.01)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     for step in range(3):
         real = torch.randn(8, 64)
         torch.manual_seed(step)
-        loss = task.train_step(model, real, None, state)
+        loss = task.train_step(model, real, None, update)
 
         torch.manual_seed(step)
         fake = plain.generator(torch.randn(8, 4))
@@ -81,13 +82,59 @@ def test_gan_step_equals_plain_pytorch_with_two_optimizers():
         torch.testing.assert_close(got, want, msg=name)
 
 
+def test_gan_step_clips_each_update_as_plain_pytorch_would():
+    """The task's own step is handed the loop's update: with clip_value, each of its two
+    updates is clipped exactly as clip_grad_value_ before each optimizer's step in plain
+    PyTorch."""
+    torch.manual_seed(0)
+    model = tl.models.build("gan", latent=4, hidden=[16])
+    tl.models.materialize(model, torch.zeros(2, 64), None)
+    plain = copy.deepcopy(model)
+    task = make_task("gan", num_outputs=10)
+    clip = GradientClipper(max_value=1e-3)
+    update = Update(torch.optim.SGD(model.parameters(), lr=10.0), clip=clip)
+    optimizer_d = torch.optim.SGD(plain.discriminator.parameters(), lr=10.0)
+    optimizer_g = torch.optim.SGD(plain.generator.parameters(), lr=10.0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    real = torch.randn(8, 64)
+    torch.manual_seed(1)
+    task.train_step(model, real, None, update)
+    torch.manual_seed(1)
+    fake = plain.generator(torch.randn(8, 4))
+    real_logits, fake_logits = plain.discriminator(real), plain.discriminator(fake.detach())
+    (
+        bce(real_logits, torch.ones_like(real_logits))
+        + bce(fake_logits, torch.zeros_like(fake_logits))
+    ).backward()
+    torch.nn.utils.clip_grad_value_(plain.discriminator.parameters(), 1e-3)
+    optimizer_d.step()
+    optimizer_g.zero_grad()
+    fake_logits = plain.discriminator(fake)
+    bce(fake_logits, torch.ones_like(fake_logits)).backward()
+    torch.nn.utils.clip_grad_value_(plain.generator.parameters(), 1e-3)
+    optimizer_g.step()
+    for (name, got), want in zip(
+        model.state_dict().items(), plain.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(got, want, msg=name)
+
+
+def test_a_gan_trains_in_bf16_with_clipping_and_skipping(digit_images):
+    run = tl.fit(
+        tl.models.build("gan", hidden=[32]), digit_images, task="gan", epochs=1,
+        precision="bf16", clip_norm=1.0, nonfinite="skip", progress=False,
+    )  # fmt: skip
+    assert math.isfinite(run.history[-1]["train/loss"])
+    assert math.isfinite(run.history[-1]["val/loss"])
+
+
 class InterruptAtStep(Callback):
     def __init__(self, step: int):
         self.step = step
 
     def on_batch_end(self, state) -> None:
         if state.step == self.step:
-            state.interrupt_requested = signal.SIGINT  # as Ctrl-C would
+            state.interrupt(signal.SIGINT)  # as Ctrl-C would
 
 
 def test_gan_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path):

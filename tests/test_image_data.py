@@ -47,6 +47,15 @@ def test_idx_folder_keeps_the_official_test_set(tmp_path, compress):
     assert torch.equal(limited.test.features, data.test.features[:8])
 
 
+def test_idx_folder_takes_class_names_and_says_when_they_are_too_few(tmp_path):
+    images, labels = small_idx_arrays()
+    root = write_idx_folder(tmp_path / "mnist", images, labels, compress=False)
+    data = tl.data.load("idx", path=str(root), classes=["a", "b", "c", "d"], standardize=False)
+    assert data.classes == ["a", "b", "c", "d"]
+    with pytest.raises(DataError, match=r"label 3 but only 2 class names"):
+        tl.data.load("idx", path=str(root), classes=["a", "b"])
+
+
 def test_idx_files_that_are_broken_are_named(tmp_path):
     images, labels = small_idx_arrays()
     root = write_idx_folder(tmp_path / "mnist", images, labels, compress=False)

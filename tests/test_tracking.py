@@ -24,14 +24,14 @@ from torchloom.tune import tune_config
 
 
 class InterruptAtStep(Callback):
-    """Asks for a stop at `step` as Ctrl-C would: a checkpoint is saved after the next step."""
+    """Asks for a stop at `step` as Ctrl-C would: a checkpoint is saved after that step."""
 
     def __init__(self, step: int):
         self.step = step
 
     def on_batch_end(self, state) -> None:
         if state.step == self.step:
-            state.interrupt_requested = 2
+            state.interrupt(2)
 
 
 def test_mlflow_run_is_read_back_with_mlflow_client(tmp_path, digits):

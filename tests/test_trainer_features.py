@@ -323,6 +323,7 @@ def test_csv_plots_and_report(tmp_path, digits):
     import matplotlib.image
 
     run = tl.fit("mlp", digits, epochs=3, progress=False, output_dir=str(tmp_path), name="r")
+    run.wait()  # the plots and the report are drawn on a thread
     table = pd.read_csv(run.dir / "metrics.csv")
     assert table["epoch"].tolist() == [1, 2, 3]
     assert table["val/accuracy"].iloc[-1] == pytest.approx(run.history[-1]["val/accuracy"])

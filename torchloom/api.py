@@ -15,10 +15,9 @@ from torchloom import data as data_module
 from torchloom import models, optim
 from torchloom.assemble import (
     announce,
+    build,
     built_in_callbacks,
-    check_monitors,
     load_data,
-    prepare,
     registries,
 )
 from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
@@ -46,15 +45,8 @@ from torchloom.train.callbacks import (
 from torchloom.train.checkpoint import find_resumable, restore
 from torchloom.train.diagnostics import DiagnosticsRecorder
 from torchloom.train.distributed import World, launch_record
-from torchloom.train.loop import Evaluator, LoopParts, fit_loop
-from torchloom.train.step import (
-    CUDA_GRAPH_MODES,
-    GradientClipper,
-    autocast_factory,
-    compiled,
-    grad_scaler,
-    make_schedule,
-)
+from torchloom.train.loop import fit_loop
+from torchloom.train.setup import Setup
 
 # Re-exported: `torchloom.api` stays the one module the CLI and users import.
 __all__ = [
@@ -63,8 +55,8 @@ __all__ = [
     "fit_config",
     "from_options",
     "load_data",
+    "build",
     "load_run",
-    "prepare",
     "read_run_config",
     "registries",
     "resolve_config",
@@ -73,56 +65,9 @@ __all__ = [
     "seed_everything",
 ]
 
-# fit(...) keyword -> where it lives in the config.
-FIT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "task": ("task",),
-    "task_options": ("task_options",),
-    "val": ("data", "val"),  # held-out fractions for plain (x, y) data
-    "test": ("data", "test"),
-    "augment": ("data", "augment"),
-    "num_workers": ("data", "num_workers"),  # for a dataset of your own
-    "input_key": ("data", "input_key"),
-    "target_key": ("data", "target_key"),
-    "loss": ("loss",),
-    "optimizer": ("optimizer",),
-    "init": ("init",),
-    "epochs": ("trainer", "epochs"),
-    "batch_size": ("trainer", "batch_size"),
-    "seed": ("trainer", "seed"),
-    "device": ("trainer", "device"),
-    "shuffle": ("trainer", "shuffle"),
-    "drop_last": ("trainer", "drop_last"),
-    "log_every": ("trainer", "log_every"),
-    "val_every": ("trainer", "val_every"),
-    "val_every_steps": ("trainer", "val_every_steps"),
-    "progress": ("trainer", "progress"),
-    "accumulate": ("trainer", "accumulate"),
-    "clip_norm": ("trainer", "clip_norm"),
-    "clip_value": ("trainer", "clip_value"),
-    "precision": ("trainer", "precision"),
-    "compile": ("trainer", "compile"),
-    "channels_last": ("trainer", "channels_last"),
-    "data_on_device": ("trainer", "data_on_device"),
-    "deterministic": ("trainer", "deterministic"),
-    "nonfinite": ("trainer", "nonfinite"),
-    "diagnostics_every": ("trainer", "diagnostics_every"),
-    "scheduler": ("scheduler",),
-    "early_stopping": ("trainer", "early_stopping"),
-    "output_dir": ("output", "dir"),
-    "name": ("output", "name"),
-    "tensorboard": ("output", "tensorboard"),
-    "checkpoints": ("output", "checkpoints"),
-    "keep_last": ("output", "keep_last"),
-    "checkpoint_every_steps": ("output", "checkpoint_every_steps"),
-    "checkpoint_interval": ("output", "checkpoint_interval"),
-    "monitor": ("output", "monitor"),
-    "transfer": ("transfer",),
-    "histogram_every": ("output", "histogram_every"),
-    "tensorboard_graph": ("output", "tensorboard_graph"),
-    "mlflow": ("output", "mlflow"),
-    "mlflow_uri": ("output", "mlflow_uri"),
-    "mlflow_experiment": ("output", "mlflow_experiment"),
-}
+# fit(...) keyword -> where it lives in the config: every field of the schema (see
+# `config.fit_options` for how the names are chosen).
+FIT_OPTIONS: dict[str, tuple[str, ...]] = config_module.fit_options()
 
 
 def fit(
@@ -175,13 +120,10 @@ def from_options(model, data, options: dict, caller: str) -> tuple[Config, nn.Mo
         )
     raw: dict = {"output": {"dir": None}, "trainer": {}}
     for key, value in options.items():
-        if key in ("loss", "optimizer", "init", "scheduler") and isinstance(value, str):
-            value = {"scheme" if key == "init" else "name": value}
-        *sections, field = FIT_OPTIONS[key]
-        node = raw
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[field] = value
+        named = config_module.FIT_SECTIONS.get(key)
+        if named and isinstance(value, str):  # optimizer="adam": the section's name field
+            value = {named: value}
+        config_module.set_path(raw, FIT_OPTIONS[key], value)
     config = validate(raw, context=registries(), source=f"{caller}() options")
     if isinstance(model, str):
         model = models.build(model)
@@ -259,157 +201,135 @@ def _fit(
     callbacks: list[Callback],
     resume_dir: Path | None = None,
 ) -> Run:
-    """Everything `fit` does once it has objects: checks, setup, the loop, the run directory.
+    """Everything `fit` does once it has objects: build, open the run directory, restore or
+    start, the loop, finish.
 
     With `resume_dir`, the newest complete checkpoint there is restored and training continues
     in that directory exactly as if it had never stopped.
     """
-    trainer = config.trainer
-    seed_everything(trainer.seed)  # the same seed on every rank: identical draws everywhere
+    seed_everything(config.trainer.seed)  # the same seed on every rank: identical draws
     world = World.from_environment()  # a single process unless started by torchrun
-    device = resolve_device(trainer.device)
-    if world.active:
-        device = world.device(str(device))
-        world.start(device, trainer.distributed_timeout)
+    device = _start_world(world, config)
     try:
-        return _fit_in_world(model, data, config, callbacks, resume_dir, world, device)
+        setup = build(model, data, config, device, world)  # every check; nothing written yet
+        resume_dir = _torchrun_restart(setup, resume_dir)
+        checkpoint = None if resume_dir is None else find_resumable(resume_dir / "checkpoints")[1]
+        _check_extras(config, resume_dir)
+        run_dir = resume_dir or _open_run_dir(setup, data, world)
+        if not world.is_main:
+            run_dir = None  # rank 0 writes; the other ranks read checkpoints from resume_dir
+        state = TrainState(setup, run_dir=run_dir, callbacks=_callbacks(setup, run_dir, callbacks))
+        if checkpoint is not None:
+            restore(state, checkpoint)  # RNG states last: nothing below draws random numbers
+        return _train(setup, state, data.preprocess)
     finally:
         world.stop()
 
 
-def _fit_in_world(model, data, config, callbacks, resume_dir, world: World, device) -> Run:
-    """`_fit` once the process knows its rank and device (rank 0 of 1 without torchrun)."""
-    trainer, output = config.trainer, config.output
-    # --- check and build everything before anything is written -------------------------------
-    task, data_on_device, model, loss_fn, optimizer, loader = prepare(
-        model, data, config, device, world
-    )
-    # 0: an iterable dataset of unknown length (no per-step schedule, no accumulation)
-    steps_per_epoch = 0 if loader.batch_sizes is None else -(-len(loader) // trainer.accumulate)
-    monitor = check_monitors(config, task, data)
-    forward = world.wrap(model, device, trainer.sync_batchnorm) if world.active else model
-    reduce = world.all_reduce if world.active else None
-    parts = LoopParts(
-        loss_fn=loss_fn,
-        evaluate=Evaluator(
-            task,
-            loss_fn,
-            trainer.batch_size,
-            device,
-            rank=world.rank,
-            world_size=world.size,
-            all_reduce=reduce,
-        ),
-        val_split=data_on_device.val,
-        forward=compiled(forward, trainer.compile),
-        graphs=trainer.compile in CUDA_GRAPH_MODES,
-        autocast=autocast_factory(trainer.precision, device),
-        scaler=grad_scaler(trainer.precision, device),
-        clip=GradientClipper(trainer.clip_norm, trainer.clip_value),
-        schedule=make_schedule(
-            config.scheduler.name,
-            config.scheduler.options,
-            optimizer,
-            steps_per_epoch,
-            trainer.epochs,
-        ),
-        accumulate=trainer.accumulate,
-        log_every=trainer.log_every,
-        val_every=trainer.val_every,
-        val_every_steps=trainer.val_every_steps,
-        skip_nonfinite=trainer.nonfinite == "skip",
-        all_reduce=world.all_reduce,  # returns its input in a single process
-        train_step=task.train_step,  # None unless the task steps itself (gan)
-    )
+def _start_world(world: World, config: Config) -> torch.device:
+    """The training device; under torchrun, this rank's, with the process group started."""
+    device = resolve_device(config.trainer.device)
     if world.active:
-        announce(world, trainer.batch_size, device)
-        if resume_dir is None and world.restart and output.dir:
-            # torchrun restarted the job after a failure: continue the launch's run directory.
-            found = launch_dir(Path(output.dir), world.launch_id) if world.is_main else None
-            resume_dir = world.share_path(found)
-    checkpoint = None
-    if resume_dir is not None:
-        folder, checkpoint = find_resumable(resume_dir / "checkpoints")
-    if output.mlflow and (output.dir or resume_dir):
+        device = world.device(str(device))
+        world.start(device, config.trainer.distributed_timeout)
+    return device
+
+
+def _torchrun_restart(setup: Setup, resume_dir: Path | None) -> Path | None:
+    """Under torchrun, say how the processes run; after torchrun restarted the job on a failure,
+    the launch's run directory to continue (rank 0 finds it, every rank gets it)."""
+    world, config = setup.world, setup.config
+    if not world.active:
+        return resume_dir
+    announce(world, config.trainer.batch_size, setup.device)
+    if resume_dir is None and world.restart and config.output.dir:
+        found = launch_dir(Path(config.output.dir), world.launch_id) if world.is_main else None
+        resume_dir = world.share_path(found)
+    return resume_dir
+
+
+def _check_extras(config: Config, resume_dir: Path | None) -> None:
+    """A missing extra the run needs stops here, before the run directory is made."""
+    if config.output.mlflow and (config.output.dir or resume_dir):
         from torchloom.train.mlflow_sink import check_installed
 
-        check_installed()  # a missing extra stops here, before the run directory is made
+        check_installed()
 
-    # --- the run directory ------------------------------------------------------------------
-    preprocess = data.preprocess
-    shape = {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
-    preprocess.extra.update(shape)
-    run_dir = resume_dir
-    if run_dir is None and output.dir and world.is_main:
-        run_dir = make_run_dir(output.dir, output.name, model, data)
-        if world.active:
-            atomic_write_json(run_dir / "launch.json", launch_record(world))
-        resolved = {
-            "format": RUN_FORMAT,
-            "task": task.name,
-            "data": {**data.spec, "augment": config.data.model_dump()["augment"]},
-            **_dataset_options(config, data),
-            "model": model_section(model),
-            "loss": {**config.loss.model_dump(), "name": config.loss.name or task.default_loss},
-            "optimizer": {
-                "name": config.optimizer.name,
-                # what was built: fused=True where torchloom chose it for CUDA
-                **optim.device_options(config.optimizer.name, config.optimizer.options, device),
-                **config.optimizer.options,
-                "lr": optimizer.defaults["lr"],
-            },
-        }
-        atomic_write_text(run_dir / "config.yaml", to_yaml(config, resolved))
-        atomic_write_json(run_dir / "preprocess.json", preprocess.to_json())
 
-    # --- callbacks and the loop ---------------------------------------------------------------
-    if not world.is_main:
-        run_dir = None  # rank 0 writes; the other ranks read checkpoints from resume_dir
-    state = TrainState(
-        model=model,
-        optimizer=optimizer,
-        num_epochs=trainer.epochs,
-        steps_per_epoch=steps_per_epoch,
-        run_dir=run_dir,
-        batch_size=trainer.batch_size,
-        loader=loader,
-        schedule=parts.schedule,
-        scaler=parts.scaler,
-        accumulate=trainer.accumulate,
-        skip_nonfinite=parts.skip_nonfinite,
+def _open_run_dir(setup: Setup, data: Data, world: World) -> Path | None:
+    """A new run directory with the resolved config and the preprocessing (rank 0), or None
+    when the config writes nothing."""
+    output = setup.config.output
+    data.preprocess.extra.update(
+        {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
     )
-    state.callbacks = built_in_callbacks(config, run_dir, monitor, world.is_main)
+    if not (output.dir and world.is_main):
+        return None
+    run_dir = make_run_dir(output.dir, output.name, setup.model, data)
+    if world.active:
+        atomic_write_json(run_dir / "launch.json", launch_record(world))
+    atomic_write_text(run_dir / "config.yaml", to_yaml(setup.config, _resolved(setup, data)))
+    atomic_write_json(run_dir / "preprocess.json", data.preprocess.to_json())
+    return run_dir
+
+
+def _resolved(setup: Setup, data: Data) -> dict:
+    """What config.yaml records beyond the config: what was inferred and built."""
+    config = setup.config
+    optimizer = config.optimizer
+    return {
+        "format": RUN_FORMAT,
+        "task": setup.task.name,
+        "data": {**data.spec, "augment": config.data.model_dump()["augment"]},
+        **_dataset_options(config, data),
+        "model": model_section(setup.model),
+        "loss": {**config.loss.model_dump(), "name": config.loss.name or setup.task.default_loss},
+        "optimizer": {
+            "name": optimizer.name,
+            # what was built: fused=True where torchloom chose it for CUDA
+            **optim.device_options(optimizer.name, optimizer.options, setup.device),
+            **optimizer.options,
+            "lr": setup.optimizer.defaults["lr"],
+        },
+    }
+
+
+def _callbacks(setup: Setup, run_dir: Path | None, extra: list[Callback]) -> list[Callback]:
+    """The built-in callbacks, the task's (a GAN's sample grids) and the user's, in call order."""
+    main = setup.world.is_main
+    callbacks = built_in_callbacks(setup.config, run_dir, setup.monitor, main)
     if run_dir is not None:
-        state.callbacks += task.callbacks(run_dir, data_on_device)  # a GAN's sample grids
-    state.callbacks += list(callbacks)
-    if checkpoint is not None:
-        restore(state, checkpoint)  # RNG states last: nothing below draws random numbers
+        callbacks += setup.task.callbacks(run_dir, setup.data)
+    return callbacks + list(extra)
+
+
+def _train(setup: Setup, state: TrainState, preprocess) -> Run:
+    """The loop, then the run: calibrated, its directory finished; an interrupt or a divergence
+    raises with the run as it stood."""
     started = time.perf_counter()
     deterministic_before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(trainer.deterministic or deterministic_before)
+    torch.use_deterministic_algorithms(setup.config.trainer.deterministic or deterministic_before)
     try:
         with catch_interrupts(state):
-            fit_loop(state, parts, Dispatcher(state.callbacks))
+            fit_loop(setup, state, Dispatcher(state.callbacks))
     except NonFiniteError as error:
-        world.stop()
-        error.run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
+        setup.world.stop()
+        error.run = _finish(setup, state, preprocess, started)
         raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
-        if hasattr(loader, "close"):  # a dataset's loader: its worker processes end here
-            loader.close()
+        if hasattr(setup.loader, "close"):  # a dataset's loader: its worker processes end here
+            setup.loader.close()
     # Training is over: leave the process group, so evaluating the test split and writing the
     # report happen on rank 0 alone, as in a single process.
-    world.stop()
-    if not state.stop_now:  # thresholds and the like, from the trained model
-        task.calibrate(model, data_on_device, trainer.batch_size)
-    run = _finish(state, task, loss_fn, config, preprocess, data_on_device, started)
-    if state.stop_now:
-        where = f"; resume with: torchloom train --resume {run_dir}" if run_dir else ""
+    setup.world.stop()
+    if not state.interrupted:  # thresholds and the like, from the trained model
+        setup.task.calibrate(setup.model, setup.data, setup.config.trainer.batch_size)
+    run = _finish(setup, state, preprocess, started)
+    if state.interrupted:
+        where = f"; resume with: torchloom train --resume {state.run_dir}" if state.run_dir else ""
         raise TrainingInterrupted(
-            f"stopped at step {state.step} (epoch {state.epoch + 1}){where}",
-            run,
-            state.interrupt_requested,
+            f"stopped at step {state.step} (epoch {state.epoch + 1}){where}", run, state.signal
         )
     return run
 
@@ -439,41 +359,39 @@ def _dataset_options(config: Config, data: Data) -> dict:
     return {"data": {**data.spec, **read}}
 
 
-def _finish(state, task, loss_fn, config, preprocess, data, started) -> Run:
+def _finish(setup: Setup, state: TrainState, preprocess, started: float) -> Run:
     """The Run object, and the run directory's final files."""
-    state.model.eval()
+    setup.model.eval()
     run = Run(
-        model=state.model,
-        task=task,
-        loss_fn=loss_fn,
-        config=config,
+        model=setup.model,
+        task=setup.task,
+        loss_fn=setup.loss_fn,
+        config=setup.config,
         preprocess=preprocess,
-        data=data,
+        data=setup.data,
         history=state.history,
         directory=state.run_dir,
     )
-    run.diagnostics = _diagnostics(state.callbacks, run, facts=state.run_dir is not None)
+    run.diagnostics = _diagnostics(state.callbacks)
     if state.run_dir is not None:
-        finish_run_dir(run, state, time.perf_counter() - started)
-        for callback in state.callbacks:  # sinks that upload the finished run directory
-            if hasattr(callback, "log_run_dir"):
-                callback.log_run_dir(state.run_dir)
+        # Sinks that upload the finished run directory (MLflow) get it once it is complete.
+        uploads = [
+            callback.on_run_finished
+            for callback in state.callbacks
+            if type(callback).on_run_finished is not Callback.on_run_finished
+        ]
+        finish_run_dir(run, state, time.perf_counter() - started, then=uploads)
     return run
 
 
-def _diagnostics(callbacks: list[Callback], run: Run, facts: bool) -> dict | None:
-    """What the doctor reads: the recorder's samples and, for runs that write a directory,
-    facts about the data and the fit (an in-memory run's doctor measures them when asked:
-    they cost a baseline fit, ~0.1-0.5 s)."""
+def _diagnostics(callbacks: list[Callback]) -> dict | None:
+    """What the doctor reads: the recorder's samples (a run that writes a directory adds facts
+    about the data and the fit as it finishes; an in-memory run's doctor measures them when
+    asked, since they cost a baseline fit)."""
     recorder = next((c for c in callbacks if isinstance(c, DiagnosticsRecorder)), None)
     if recorder is None:
         return None
-    result = {"format": 1, **recorder.result()}
-    if facts:
-        from torchloom.diagnosis.facts import run_facts
-
-        result["facts"] = run_facts(run)
-    return result
+    return {"format": 1, **recorder.result()}
 
 
 def resume(

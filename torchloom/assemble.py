@@ -1,5 +1,6 @@
-"""From a config to the objects `fit` runs: the validation context, the data, the model sized
-and initialized, the loss, the optimizer, the loader, the task and the built-in callbacks."""
+"""From a config to the objects `fit` runs: the validation context, the data, the typed
+`Setup` (`build`: the task, the model sized and initialized, the loss, the optimizer, the
+loader, the update; no I/O) and the built-in callbacks."""
 
 from __future__ import annotations
 
@@ -24,14 +25,21 @@ from torchloom.train.callbacks import (
     Callback,
     EarlyStopping,
     History,
-    InterruptHandler,
 )
 from torchloom.train.checkpoint import Checkpoint
 from torchloom.train.diagnostics import DiagnosticsRecorder
 from torchloom.train.distributed import World
+from torchloom.train.loop import Evaluator
+from torchloom.train.setup import Setup
 from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
 from torchloom.train.step import (
     SCHEDULERS,
+    GradientClipper,
+    Update,
+    autocast_factory,
+    compiled,
+    grad_scaler,
+    make_schedule,
     scheduler_problems,
 )
 
@@ -85,32 +93,120 @@ def missing_option(config: Config) -> dict:
     return {"missing": missing.model_dump()}
 
 
-def prepare(
-    model: nn.Module, data: Data, config: Config, device: torch.device, world: World | None = None
-) -> tuple:
-    """Check the data against the task, size and initialize the model, build the loss, the
-    optimizer and the loader (this rank's share of each batch under torchrun). Returns (task,
-    data on device, model, loss, optimizer, loader)."""
+def build(
+    model: nn.Module,
+    data: Data,
+    config: Config,
+    device: torch.device,
+    world: World | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Setup:
+    """Everything a run trains with, from the config and the objects given; writes nothing.
+
+    Checks the data against the task, sizes and initializes the model (unless `optimizer` is
+    given: then the model is already trained and keeps its weights and that optimizer), builds
+    the loss, the optimizer, the loader (this rank's share of each batch under torchrun), the
+    schedule, the update and the evaluator, and checks the monitored metrics.
+
+    Raises:
+        ConfigError, DataError: what cannot train, before anything runs.
+    """
     world = world or World()
     trainer = config.trainer
     task = _task_for(config, data)
     _check_own_step(task, config, world)
-    if data.streamed:  # the user's own datasets: batches move to the device one at a time
-        data_on_device, on_device = data, False
-        loader = stream_loader(data, task, config, device, world)
-        sample = loader.example_inputs()
-    else:
-        # On the device for the whole run, or (too big for the GPU) the training split on the
-        # host.
-        data_on_device, on_device = place(
-            task.prepare_data(data), device, trainer.data_on_device, trainer.channels_last
-        )
-        sample = data_on_device.train.features[:2].to(device)  # (2, ...) for lazy layers
+    trained_on, loader, sample = _training_batches(data, task, config, device, world)
     model = model.to(device)
+    if optimizer is None:
+        optimizer = _fresh_model(model, sample, data, task, config, device)
+    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_fn = task.wrap_loss(loss_fn).to(device)
+    # 0: an iterable dataset of unknown length (no per-step schedule, no accumulation)
+    steps_per_epoch = 0 if loader.batch_sizes is None else -(-len(loader) // trainer.accumulate)
+    forward = world.wrap(model, device, trainer.sync_batchnorm) if world.active else model
+    return Setup(
+        config=config,
+        task=task,
+        data=trained_on,
+        model=model,
+        forward=compiled(forward, trainer.compile),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        loader=loader,
+        schedule=make_schedule(
+            config.scheduler.name,
+            config.scheduler.options,
+            optimizer,
+            steps_per_epoch,
+            trainer.epochs,
+        ),
+        update=Update(
+            optimizer,
+            autocast=autocast_factory(trainer.precision, device),
+            scaler=grad_scaler(trainer.precision, device),
+            clip=GradientClipper(trainer.clip_norm, trainer.clip_value),
+            skip_nonfinite=trainer.nonfinite == "skip",
+        ),
+        evaluate=Evaluator(
+            task,
+            loss_fn,
+            trainer.batch_size,
+            device,
+            rank=world.rank,
+            world_size=world.size,
+            all_reduce=world.all_reduce if world.active else None,
+        ),
+        monitor=check_monitors(config, task, data),
+        device=device,
+        world=world,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _training_batches(data: Data, task, config: Config, device, world: World):
+    """(the data as trained on, the training loader, two inputs for sizing lazy layers)."""
+    trainer = config.trainer
+    if data.streamed:  # the user's own datasets: batches move to the device one at a time
+        loader = stream_loader(data, task, config, device, world)
+        _check_batches(loader, data, trainer.batch_size)
+        return data, loader, loader.example_inputs()
+    # On the device for the whole run, or (too big for the GPU) the training split on the host.
+    trained_on, on_device = place(
+        task.prepare_data(data), device, trainer.data_on_device, trainer.channels_last
+    )
+    loader = BatchLoader(
+        trained_on.train.features,
+        trained_on.train.targets,
+        trainer.batch_size,
+        shuffle=trainer.shuffle,
+        seed=trainer.seed,
+        drop_last=trainer.drop_last,
+        augment=_augment_for(config, data),
+        rank=world.rank,
+        world_size=world.size,
+        device=None if on_device else device,
+    )
+    _check_batches(loader, data, trainer.batch_size)
+    sample = trained_on.train.features[:2].to(device)  # (2, ...) for lazy layers
+    return trained_on, loader, sample
+
+
+def _check_batches(loader, data: Data, batch_size: int) -> None:
+    if loader.batch_sizes is not None and len(loader) == 0:
+        raise DataError(
+            f"trainer.batch_size {batch_size} with drop_last leaves no batch from "
+            f"{len(data.train)} training samples. Lower batch_size or set drop_last: false."
+        )
+
+
+def _fresh_model(model, sample, data: Data, task, config: Config, device) -> torch.optim.Optimizer:
+    """Size the model's lazy layers from `sample`, initialize it, apply transfer learning and
+    make its optimizer."""
     num_outputs = data.num_outputs if task.uses_targets else None  # generative: sized by inputs
     models.materialize(model, sample, num_outputs, data.preprocess.vocab_size)
     init_module.initialize(model, **config.init.model_dump())
-    if trainer.channels_last:
+    if config.trainer.channels_last:
         _to_channels_last(model, sample)
     parameters = model.parameters()
     transfer = config.transfer
@@ -119,36 +215,15 @@ def prepare(
         parameters = transfer_module.parameter_groups(
             model, loaded.loaded if loaded else [], transfer.backbone_lr
         )
-    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
-    loss_fn = task.wrap_loss(loss_fn).to(device)
     options = config.optimizer.options
     options = {**optim.device_options(config.optimizer.name, options, device), **options}
-    optimizer = optim.make_optimizer(parameters, config.optimizer.name, **options)
-    if not data.streamed:
-        loader = BatchLoader(
-            data_on_device.train.features,
-            data_on_device.train.targets,
-            trainer.batch_size,
-            shuffle=trainer.shuffle,
-            seed=trainer.seed,
-            drop_last=trainer.drop_last,
-            augment=_augment_for(config, data),
-            rank=world.rank,
-            world_size=world.size,
-            device=None if on_device else device,
-        )
-    if loader.batch_sizes is not None and len(loader) == 0:
-        raise DataError(
-            f"trainer.batch_size {trainer.batch_size} with drop_last leaves no batch from "
-            f"{len(data.train)} training samples. Lower batch_size or set drop_last: false."
-        )
-    return task, data_on_device, model, loss_fn, optimizer, loader
+    return optim.make_optimizer(parameters, config.optimizer.name, **options)
 
 
 def stream_loader(data: Data, task, config: Config, device: torch.device, world: World):
     """The training loader over the user's own dataset, with the task's check of each batch;
     says once what resuming it can promise."""
-    from torchloom.data.streaming import EVAL_WORKERS, StreamLoader, auto_workers
+    from torchloom.data.streaming import StreamLoader, auto_workers
 
     trainer = config.trainer
     workers = config.data.num_workers
@@ -175,7 +250,7 @@ def stream_loader(data: Data, task, config: Config, device: torch.device, world:
     )
     for split in (data.train, data.val, data.test):
         if split is not None:
-            EVAL_WORKERS[id(split)] = loader.num_workers
+            split.workers = loader.num_workers  # its evaluation loader reads alike
             split.check = BatchCheck(task, split.name)
     unsized = loader.batch_sizes is None
     problems = [
@@ -285,26 +360,33 @@ def _task_for(config: Config, data: Data):
 
 
 def _check_own_step(task, config: Config, world: World) -> None:
-    """A task that steps the optimizer itself (gan) cannot take the options the inline step
-    implements; say so before training."""
+    """A task that runs its own update (gan) gets the loop's precision, clipping and
+    non-finite skipping; refuse, with the reason, what it cannot take, before training."""
     if task.train_step is None:
         return
     trainer = config.trainer
     unsupported = {
-        "trainer.accumulate": trainer.accumulate != 1,
-        "trainer.precision: fp16": trainer.precision == "fp16",
-        "trainer.nonfinite: skip": trainer.nonfinite == "skip",
-        "trainer.clip_norm": trainer.clip_norm is not None,
-        "trainer.clip_value": trainer.clip_value is not None,
-        "trainer.compile": trainer.compile,
-        "torchrun (several processes)": world.size > 1,
+        "trainer.accumulate": (
+            trainer.accumulate != 1,
+            "its two updates alternate within each batch, so micro-batches cannot add up to one "
+            "step. Raise trainer.batch_size instead.",
+        ),
+        "trainer.compile": (
+            trainer.compile,
+            "it calls the generator and the discriminator directly, not the compiled model.",
+        ),
+        "torchrun (several processes)": (
+            world.size > 1,
+            "it calls the networks directly, past DistributedDataParallel's gradient sync.",
+        ),
     }
-    chosen = [name for name, used in unsupported.items() if used]
+    chosen = [(name, why) for name, (used, why) in unsupported.items() if used]
     if chosen:
+        name, why = chosen[0]
         raise ConfigError(
             [
-                f"{chosen[0]}: task '{task.name}' runs its own training step, which does not "
-                "support it. Remove it from the config."
+                f"{name}: task '{task.name}' runs its own training step, which does not "
+                f"support it: {why} Remove it from the config."
             ],
             source="config",
         )
@@ -339,43 +421,36 @@ def built_in_callbacks(
     config: Config, run_dir: Path | None, monitor: str, main: bool = True
 ) -> list[Callback]:
     """The callbacks the config asks for; ranks other than 0 (`main` False) keep only those that
-    steer training (history, early stopping, interrupts), which decide alike on every rank."""
+    steer training (history, early stopping), which decide alike on every rank."""
     trainer, output = config.trainer, config.output
     built_in: list[Callback] = [History()]
     if trainer.early_stopping is not None:
         built_in.append(EarlyStopping(**trainer.early_stopping.model_dump()))
-    checkpoint = None
     if run_dir is not None:
-        jsonl = JsonlSink(run_dir / "metrics.jsonl")
-        built_in += [jsonl, CsvSink(run_dir / "metrics.csv")]
-        tensorboard = None
+        built_in += [JsonlSink(run_dir / "metrics.jsonl"), CsvSink(run_dir / "metrics.csv")]
         if output.tensorboard:
-            tensorboard = TensorBoardSink(
-                run_dir, output.histogram_every, graph=output.tensorboard_graph
+            built_in.append(
+                TensorBoardSink(run_dir, output.histogram_every, graph=output.tensorboard_graph)
             )
-            built_in.append(tensorboard)
         if output.mlflow:
             from torchloom.train.mlflow_sink import MlflowSink
 
             built_in.append(MlflowSink(run_dir, output.mlflow_uri, output.mlflow_experiment))
         if output.checkpoints:
-            checkpoint = Checkpoint(
-                run_dir / "checkpoints",
-                output.keep_last,
-                monitor,
-                output.mode,
-                output.checkpoint_every_steps,
-                output.checkpoint_interval,
+            built_in.append(
+                Checkpoint(
+                    run_dir / "checkpoints",
+                    output.keep_last,
+                    monitor,
+                    output.mode,
+                    output.checkpoint_every_steps,
+                    output.checkpoint_interval,
+                )
             )
-            checkpoint.before_save.append(jsonl.sync)
-            if tensorboard is not None:
-                checkpoint.before_save.append(tensorboard.sync)
-            built_in.append(checkpoint)
     if trainer.diagnostics_every and main:
         built_in.append(DiagnosticsRecorder(trainer.diagnostics_every, not trainer.compile))
     if trainer.progress and main:
         built_in.append(ProgressBar())
-    built_in.append(InterruptHandler(checkpoint))  # last: sees every other callback's work
     return built_in
 
 

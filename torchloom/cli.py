@@ -10,6 +10,9 @@ import argparse
 import os
 import sys
 
+# Re-exported: callers imported it from here before it moved below the handlers.
+from torchloom.command_arguments import split_config_arguments  # noqa: F401
+
 EXIT_USER_ERROR = 2
 
 EXAMPLES = """examples:
@@ -40,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"torchloom {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # The order of these calls is the order `torchloom --help` lists the commands in.
+    add_train_commands(commands)
+    add_predict_command(commands)
+    add_config_commands(commands)
+    add_inspection_commands(commands)
+    add_tracking_commands(commands)
+    add_data_commands(commands)
+    return parser
 
+
+def add_train_commands(commands) -> None:
+    """`torchloom train` and `torchloom evaluate`."""
     train = commands.add_parser(
         "train",
         help="train from a config (none: the built-in default) with key=value overrides",
@@ -58,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def add_predict_command(commands) -> None:
+    """`torchloom predict`: classes, values, forecasts or generated samples."""
     predict = commands.add_parser(
         "predict",
         help="predictions for new inputs (.csv or .npy; text runs: raw text, one a line)",
@@ -82,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--seed", type=int, default=0, help="seeds --samples (default 0)")
 
+
+def add_config_commands(commands) -> None:
+    """`torchloom lr-find` and `torchloom summary`: a config's model, before any training."""
     finder = commands.add_parser(
         "lr-find",
         help="learning-rate range test: plot loss against rate and suggest one",
@@ -97,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="layers, output shapes and parameter counts")
     summary.add_argument("arguments", nargs="*", metavar="[CONFIG] [key=value ...]")
 
+
+def add_inspection_commands(commands) -> None:
+    """`torchloom doctor`, `torchloom explain` and `torchloom export`: a finished run."""
     doctor = commands.add_parser(
         "doctor",
         help="verdicts on what went wrong in a run, with evidence and advice",
@@ -134,9 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", required=True, choices=["onnx", "torchscript", "exported-program"]
     )
     export.add_argument("-o", "--output", help="file to write (default: inside RUN_DIR)")
-    add_tracking_commands(commands)
-    add_data_commands(commands)
-    return parser
 
 
 def add_data_commands(commands) -> None:
@@ -187,13 +207,6 @@ def add_tracking_commands(commands) -> None:
     tune.add_argument("--trials", type=int, default=20, help="trials the study should hold")
     tune.add_argument("--study", help="sqlite file (default: <output.dir>/tune-<name>/study.db)")
     tune.add_argument("-o", "--output", help="best config YAML (default: best.yaml by the study)")
-
-
-def split_config_arguments(arguments: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG] [key=value ...]` -> (config path or None, overrides)."""
-    if arguments and "=" not in arguments[0]:
-        return arguments[0], arguments[1:]
-    return None, arguments
 
 
 def main(argv: list[str] | None = None) -> int:

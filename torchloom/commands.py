@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from torchloom import api
-from torchloom.cli import split_config_arguments
+from torchloom.command_arguments import split_config_arguments
 from torchloom.errors import DataError, TorchloomError, did_you_mean
 from torchloom.tracking_commands import runs, tune  # noqa: F401 dispatched by name
 
@@ -32,7 +32,9 @@ def train(args: argparse.Namespace) -> int:
         run = api.fit_config(path, overrides)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
-    if run.data is not None and run.data.test is not None:
+    if run.summary is not None and "test" in run.summary:  # measured as the run finished
+        print_metrics(run.summary["test"], "test", run.task.name)
+    elif run.data is not None and run.data.test is not None:
         print_metrics(run.evaluate("test"), "test", run.task.name)
     if run.dir is not None:
         console.print(f"run saved to [bold]{run.dir}[/bold]")
@@ -43,6 +45,7 @@ def train(args: argparse.Namespace) -> int:
         console.print(f"  predict:  torchloom predict {run.dir} {what}")
         if run.config.output.tensorboard:
             console.print(f"  curves:   tensorboard --logdir {run.dir.parent}")
+    run.wait()  # the plots and report.html, drawn while the lines above printed
     return 0
 
 

@@ -32,7 +32,7 @@ from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
 Task = Literal["classification", "regression", "forecast", "multilabel", "anomaly", "vae", "gan"]
 Mode = Literal["auto", "min", "max"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
-COMPILE_MODES = CompileMode.__args__
+COMPILE_MODES = typing.get_args(CompileMode)
 
 
 class Section(BaseModel):
@@ -50,9 +50,16 @@ def _check_name(kind: str, registry_key: str, value: str | None, info: Validatio
 class AugmentConfig(Section):
     """Training-batch image augmentation: `{crop_padding: 4, flip: true}`."""
 
-    crop_padding: int = Field(0, ge=0, description="pixels of padding for the random crop")
-    flip: bool = False  # random horizontal flip
-    padding_mode: Literal["zeros", "reflect"] = "zeros"
+    crop_padding: int = Field(
+        0,
+        ge=0,
+        description="pad each side by this many pixels and crop back at a random offset: a "
+        "random shift of up to ±`crop_padding` pixels per image",
+    )
+    flip: bool = Field(False, description="mirror each image left–right with probability 0.5")
+    padding_mode: Literal["zeros", "reflect"] = Field(
+        "zeros", description="`zeros` (after standardization: the channel mean) or `reflect`"
+    )
 
 
 MissingStrategy = Literal["drop", "mean", "median", "most_frequent", "learned"]
@@ -62,12 +69,23 @@ class MissingConfig(Section):
     """Missing values of a table: `{strategy: median, indicator: true, columns: {sex:
     most_frequent}}` (see torchloom.data.missing). A bare strategy name is the short form."""
 
-    strategy: MissingStrategy | None = None
-    indicator: bool = False  # a 0/1 feature per column that had missing values in train
-    columns: dict[str, MissingStrategy] = {}  # per-column overrides
-    epochs: int = Field(300, ge=1, description="learned imputer: passes over the train rows")
-    hidden: int = Field(64, ge=1, description="learned imputer: hidden units")
-    mask_rate: float = Field(0.25, gt=0, lt=1, description="learned imputer: share hidden")
+    strategy: MissingStrategy | None = Field(
+        None,
+        description="how every column's gaps are filled: `drop` (the rows), `mean`, `median`, "
+        "`most_frequent` (the training split's statistic) or `learned` (a denoising "
+        "autoencoder)",
+    )
+    indicator: bool = Field(
+        False, description="add a 0/1 feature `missing/<column>` per column with gaps in train"
+    )
+    columns: dict[str, MissingStrategy] = Field(
+        default_factory=dict, description="per-column strategies, e.g. `{sex: most_frequent}`"
+    )
+    epochs: int = Field(300, ge=1, description="`learned`: passes over the training rows")
+    hidden: int = Field(64, ge=1, description="`learned`: hidden units of the autoencoder")
+    mask_rate: float = Field(
+        0.25, gt=0, lt=1, description="`learned`: share of the observed values hidden each step"
+    )
 
 
 def _check_options(section, registry_key: str, info: ValidationInfo) -> None:
@@ -87,26 +105,66 @@ class DataConfig(Section):
     checked against the source's signature."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "digits"
-    path: str | None = None
-    target: str | None = None
-    # Fractions in [0, 1); time series sources also take whole counts of time steps (>= 1).
-    val: float = Field(0.1, ge=0)
-    test: float = Field(0.2, ge=0)
-    standardize: bool | Literal["per_feature", "per_channel"] = True
-    seed: int | None = None  # None: use trainer.seed
-    augment: AugmentConfig | None = None
-    missing: MissingConfig | None = None  # None: a missing value is an error
+    name: str = Field(
+        "digits",
+        description="`digits` (1,797 8x8 images as 64 features), `iris`, `wine`, "
+        "`breast_cancer`, `diabetes` (regression), `csv`; images: `fashion_mnist`, `idx`, "
+        "`mnist_5k`, `cifar10`, `image_folder` (below)",
+    )
+    path: str | None = Field(
+        None,
+        description="for `csv`: the file (header row, numeric features); also the folder of "
+        "the file-based image sources",
+    )
+    target: str | None = Field(None, description="for `csv`: the label column")
+    val: float = Field(
+        0.1,
+        ge=0,
+        description="fraction of all samples held out for validation (stratified by class); "
+        "time series sources hold out their last steps, as a fraction below 1 or a whole count",
+    )
+    test: float = Field(
+        0.2,
+        ge=0,
+        description="fraction of all samples held out for the test (stratified by class); time "
+        "series sources hold out their last steps, as a fraction below 1 or a whole count "
+        "(`test: 30`)",
+    )
+    standardize: bool | Literal["per_feature", "per_channel"] = Field(
+        True,
+        description="zero mean, unit variance fitted on the training split only: per feature "
+        "for tables, per channel for images; `per_feature`, `per_channel`, or `false`",
+    )
+    seed: int | None = Field(None, description="split seed; `null` uses `trainer.seed`")
+    augment: AugmentConfig | None = Field(
+        None, description="training-batch image augmentation (below)"
+    )
+    missing: MissingConfig | None = Field(
+        None,
+        description="missing values in tables: a strategy (`drop`, `mean`, `median`, "
+        "`most_frequent`, `learned`) or the mapping below ([missing.md](missing.md)); `null`: "
+        "a gap is an error",
+    )
     stream: bool = Field(
-        False, description="read the source from disk by worker processes, never all in memory"
+        False,
+        description="read the source from disk a batch at a time by worker processes instead "
+        "of into memory: `image_folder` ([data.md](data.md)); `shards` always streams",
     )
     num_workers: int | Literal["auto"] = Field(
         "auto",
-        description="worker processes reading a dataset of your own (auto: one per core, "
-        "at most 4); in-memory data needs none",
+        description="worker processes reading a dataset of your own, a streamed folder or "
+        "shards (`auto`: one per core, at most 4); in-memory data needs none",
     )
-    input_key: str | None = Field(None, description="the input's key in dict samples")
-    target_key: str | None = Field(None, description="the target's key in dict samples")
+    input_key: str | None = Field(
+        None,
+        description="the input's key in dict samples of your own dataset (`null`: "
+        "`image`/`features`/`input`/...)",
+    )
+    target_key: str | None = Field(
+        None,
+        description="the target's key in dict samples of your own dataset (`null`: "
+        "`label`/`target`/...)",
+    )
 
     @field_validator("missing", mode="before")
     @classmethod
@@ -174,7 +232,9 @@ class ModelConfig(Section):
     list `{layers: [{linear: 128}, relu, {linear: 10}]}`."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "mlp"
+    name: str = Field(
+        "mlp", description="a builder from the model registry; other keys are its options"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -199,10 +259,19 @@ class ModelConfig(Section):
 
 
 class InitConfig(Section):
-    scheme: str = "default"
-    bias: Literal["default", "zeros"] = "default"
-    std: float = Field(0.01, gt=0)
-    nonlinearity: str = "relu"
+    """How Linear and Conv weights start: `{scheme: kaiming_normal, bias: zeros}`."""
+
+    scheme: str = Field(
+        "default",
+        description="`default` (PyTorch's own), `xavier_uniform`, `xavier_normal`, "
+        "`kaiming_uniform`, `kaiming_normal`, `orthogonal`, `normal` — applied to every "
+        "Linear/Conv weight",
+    )
+    bias: Literal["default", "zeros"] = Field(
+        "default", description="`zeros` sets those layers' biases to 0"
+    )
+    std: float = Field(0.01, gt=0, description="for `normal`")
+    nonlinearity: str = Field("relu", description="the kaiming schemes' gain")
 
     @field_validator("scheme")
     @classmethod
@@ -229,7 +298,7 @@ class LossConfig(_NamedWithOptions):
     """A loss by name with its options; `name: null` takes the task's default."""
 
     _registry = "losses"
-    name: str | None = None
+    name: str | None = Field(None, description="a registered loss; `null`: the task's default")
 
     @field_validator("name")
     @classmethod
@@ -241,9 +310,13 @@ class OptimizerConfig(_NamedWithOptions):
     """An optimizer by name with its PyTorch options: `{name: sgd, lr: 0.01, momentum: 0.9}`."""
 
     _registry = "optimizers"
-    name: str = "sgd"
-    lr: float | None = Field(None, gt=0)  # None: 0.01 for SGD, PyTorch's default otherwise
-    momentum: float | None = Field(0.9, ge=0)  # SGD and RMSprop only; ignored by Adam(W)
+    name: str = Field("sgd", description="`sgd`, `adam`, `adamw` or `rmsprop`")
+    lr: float | None = Field(
+        None, gt=0, description="learning rate; `null`: 0.01 for SGD, PyTorch's default otherwise"
+    )
+    momentum: float | None = Field(
+        0.9, ge=0, description="for SGD and RMSprop only; Adam and AdamW ignore it"
+    )
 
     @field_validator("name")
     @classmethod
@@ -267,7 +340,9 @@ class SchedulerConfig(Section):
     `name: null` keeps the rate constant."""
 
     model_config = ConfigDict(extra="allow")
-    name: str | None = None
+    name: str | None = Field(
+        None, description="a registered schedule; `null` keeps the rate constant"
+    )
 
     @field_validator("name")
     @classmethod
@@ -285,50 +360,118 @@ class SchedulerConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
-    monitor: str = "val/loss"
-    patience: int = Field(5, ge=1)
-    min_delta: float = Field(0.0, ge=0)
-    mode: Mode = "auto"
-    restore_best: bool = True
+    """Stop when a logged value stops improving: `{monitor: val/accuracy, patience: 10}`."""
+
+    monitor: str = Field("val/loss", description="the logged key watched")
+    patience: int = Field(5, ge=1, description="validations without improvement before stopping")
+    min_delta: float = Field(
+        0.0, ge=0, description="the smallest change that counts as an improvement"
+    )
+    mode: Mode = Field("auto", description="`min`, `max`, or `auto` (below)")
+    restore_best: bool = Field(True, description="end with the best epoch's weights")
 
 
 class TrainerConfig(Section):
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(100, ge=1)
-    seed: int = 0
-    device: str = "auto"
-    shuffle: bool = True
-    drop_last: bool = False
-    log_every: int = Field(50, ge=1, description="optimizer steps between loss logs")
+    """How training runs: its length, batches, device, precision, and what it logs."""
+
+    epochs: int = Field(50, ge=1, description="passes over the training split")
+    batch_size: int = Field(
+        100,
+        ge=1,
+        description="samples per batch and per process: under `torchrun` with N processes the "
+        "global batch is N × batch_size ([distributed.md](distributed.md))",
+    )
+    seed: int = Field(0, description="seeds Python, NumPy, PyTorch, the split and the batch order")
+    device: str = Field(
+        "auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`, `mps`"
+    )
+    shuffle: bool = Field(True, description="a new batch order every epoch")
+    drop_last: bool = Field(False, description="leave out the last incomplete batch")
+    log_every: int = Field(
+        50,
+        ge=1,
+        description="optimizer steps between logged training losses and gradient norms (the "
+        "only per-step host sync)",
+    )
     val_every: int = Field(1, ge=1, description="epochs between validations")
-    val_every_steps: int | None = Field(None, ge=1, description="also validate every N steps")
-    progress: bool = True
-    early_stopping: EarlyStoppingConfig | None = None
-    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    clip_norm: float | None = Field(None, gt=0)
-    clip_value: float | None = Field(None, gt=0)
-    precision: Literal["32", "bf16", "fp16"] = "32"
+    val_every_steps: int | None = Field(
+        None, ge=1, description="also validate every N optimizer steps (logged on step lines)"
+    )
+    accumulate: int = Field(
+        1,
+        ge=1,
+        description="micro-batches per optimizer step; each is weighted by its share of the "
+        "group's samples, so the result equals one batch of the whole group (last group "
+        "included)",
+    )
+    clip_norm: float | None = Field(
+        None,
+        gt=0,
+        description="clip the total gradient norm; the norm before clipping is logged as "
+        "`grad_norm`",
+    )
+    clip_value: float | None = Field(
+        None, gt=0, description="clamp every gradient element to ±value"
+    )
+    precision: Literal["32", "bf16", "fp16"] = Field(
+        "32",
+        description="`bf16` (autocast on CPU or GPU) or `fp16` (autocast + gradient scaler; "
+        "CUDA only)",
+    )
     compile: bool | CompileMode = Field(
         False,
-        description="torch.compile the forward pass: true (mode default) or a torch.compile"
-        " mode; reduce-overhead replays CUDA graphs, for small models on a GPU",
+        description="`torch.compile` the model for training: `true` (torch's default mode) or "
+        "a mode, `default`, `reduce-overhead` (the forward and backward replay as CUDA graphs: "
+        "for small models on a GPU, where launching kernels one by one is the bottleneck; on a "
+        "CPU it is the default mode) or `max-autotune`; checkpoints keep plain keys",
     )
     channels_last: bool = Field(
-        False, description="convolutions in channels-last memory format (4-D image inputs only)"
+        False,
+        description="convert the model and the splits' 4-D image features to channels-last "
+        "memory format once (faster convolutions on GPUs, above all with bf16); on non-image "
+        "inputs it does nothing and says so in one warning ([gpu.md](gpu.md))",
     )
     data_on_device: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="keep the training split on the device (auto: if it fits in half"
-        " the free GPU memory) or on the host, copied a batch at a time",
+        description="`auto`: the training split lives on the device for the whole run when all "
+        "splits take at most half the free GPU memory (always on CPU), else it stays on the "
+        "host (pinned on CUDA) and each batch is copied with `non_blocking=True`; `always` / "
+        "`never` force either ([gpu.md](gpu.md))",
     )
-    deterministic: bool = False
-    nonfinite: Literal["stop", "skip"] = "stop"
-    sync_batchnorm: bool = Field(False, description="under torchrun: batch norm over all ranks")
+    deterministic: bool = Field(
+        False, description="`torch.use_deterministic_algorithms(True)` during fit"
+    )
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a NaN/inf loss, gradient or weight stops the run naming the step and "
+        "parameter; `skip` skips such steps (one host sync per step) and counts them in "
+        "`summary.json`",
+    )
+    sync_batchnorm: bool = Field(
+        False,
+        description="under torchrun: convert batch norm layers to `SyncBatchNorm` (CUDA only; "
+        "refused on CPU)",
+    )
     distributed_timeout: float = Field(
-        120.0, gt=0, description="under torchrun: seconds a collective waits for a peer"
+        120.0,
+        gt=0,
+        description="under torchrun: seconds a collective waits for a peer before failing "
+        "(PyTorch's default is 30 minutes)",
+    )
+    progress: bool = Field(
+        True,
+        description="rich progress bar on a terminal; one line per epoch always (epochs shorter "
+        "than 1 s print their lines in batches, at most 1 s apart)",
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="stop when the monitored value stops improving (below)"
     )
     diagnostics_every: int | None = Field(
-        50, ge=0, description="optimizer steps between doctor samples; 0 or None: off"
+        50,
+        ge=0,
+        description="optimizer steps between the doctor's samples of per-layer gradient norms, "
+        "update/weight ratios and dead/saturated units (step 1 always); `0` or `null` turns "
+        "recording off. See [doctor.md](doctor.md)",
     )
 
     @field_validator("precision", mode="before")
@@ -353,24 +496,58 @@ class TrainerConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: str | None = "runs"
-    name: str | None = None
-    tensorboard: bool = True
-    checkpoints: bool = True
-    keep_last: int = Field(2, ge=1)
-    checkpoint_every_steps: int | None = Field(None, ge=1)
-    checkpoint_interval: float = Field(30.0, ge=0, description="min seconds between epoch saves")
-    monitor: str = "val/loss"
-    mode: Mode = "auto"
-    # TensorBoard extras (docs/tracking.md): weight and gradient histograms every N optimizer
-    # steps (None or 0: off, as each costs a host copy of every parameter), and the model graph.
-    histogram_every: int | None = Field(None, ge=0)
-    tensorboard_graph: bool = True
-    # MLflow (optional extra): params, metrics and artifacts to a tracking store; the default
-    # store is sqlite:///<output.dir>/mlflow.db.
-    mlflow: bool = False
-    mlflow_uri: str | None = None
-    mlflow_experiment: str = "torchloom"
+    """What a run writes, and where: its directory, checkpoints, TensorBoard, MLflow."""
+
+    dir: str | None = Field("runs", description="where run directories go; `null` writes nothing")
+    name: str | None = Field(
+        None, description="the run's folder name; default `<model>-<data>-<date>-<time>`"
+    )
+    tensorboard: bool = Field(True, description="write TensorBoard event files")
+    checkpoints: bool = Field(
+        True, description="write checkpoint folders (`checkpoints/step-NNNNNNNN/`)"
+    )
+    checkpoint_interval: float = Field(
+        30.0,
+        ge=0,
+        description="seconds at least between epoch-end checkpoints (the last epoch is always "
+        "saved; `0`: every epoch)",
+    )
+    checkpoint_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="also save every N optimizer steps (mid-epoch; resume continues from the "
+        "exact batch)",
+    )
+    keep_last: int = Field(2, ge=1, description="checkpoints kept besides the best")
+    monitor: str = Field(
+        "val/loss",
+        description='what "best" means (`train/loss` when there is no validation split)',
+    )
+    mode: Mode = Field(
+        "auto", description="`min`, `max`, or `auto` for `monitor`, as for early stopping"
+    )
+    # Histograms are off by default: each costs a host copy of every parameter.
+    histogram_every: int | None = Field(
+        None,
+        ge=0,
+        description="TensorBoard weight and gradient histograms every N optimizer steps "
+        "(`null`/`0`: off)",
+    )
+    tensorboard_graph: bool = Field(
+        True,
+        description="log the model graph once (traced on two samples; an untraceable model warns)",
+    )
+    mlflow: bool = Field(
+        False,
+        description="log params, metrics and artifacts to MLflow (`pip install "
+        '"torchloom[mlflow]"`)',
+    )
+    mlflow_uri: str | None = Field(
+        None, description="tracking URI; `null`: `sqlite:///<output.dir>/mlflow.db`"
+    )
+    mlflow_experiment: str = Field(
+        "torchloom", description="MLflow experiment name (created when missing)"
+    )
 
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
@@ -420,10 +597,21 @@ class TransferConfig(Section):
     1e-4}` (see torchloom/transfer.py)."""
 
     source: str | None = Field(
-        None, description="a run directory, a .safetensors file, or imagenet (mobilenet_v2)"
+        None,
+        description="a run directory, a `.safetensors` file, or `imagenet` (for "
+        "`mobilenet_v2`); tensors load where name and shape match",
     )
-    freeze: list[str] = Field(default_factory=list, description="parameter-name patterns")
-    backbone_lr: float | None = Field(None, gt=0, description="learning rate of loaded layers")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameter-name patterns (fnmatch, e.g. `features.*`) kept fixed; frozen "
+        "batch norm keeps its statistics",
+    )
+    backbone_lr: float | None = Field(
+        None,
+        gt=0,
+        description="learning rate of the loaded parameters (needs `source`); the new ones use "
+        "`optimizer.lr`",
+    )
 
     @model_validator(mode="after")
     def _backbone_needs_source(self) -> TransferConfig:
@@ -435,10 +623,12 @@ class TransferConfig(Section):
 class Config(Section):
     """A whole run. Every field has a default: an empty config trains the MLP on digits."""
 
-    task: Task | None = None
-    # The task's own options, e.g. {tune_thresholds: true} (multilabel) or
-    # {threshold_rule: best_f1} (anomaly); checked against the task's signature.
-    task_options: dict[str, Any] = Field(default_factory=dict)
+    task: Task | None = Field(None, description="what is learned; `null`: inferred from the data")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the task's own options, e.g. `{tune_thresholds: true}` (multilabel) or "
+        "`{threshold_rule: best_f1}` (anomaly); checked against the task's signature",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     init: InitConfig = InitConfig()
@@ -448,8 +638,11 @@ class Config(Section):
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
     transfer: TransferConfig = TransferConfig()
-    # `torchloom tune`'s search space: dotted config path -> distribution; `train` ignores it.
-    search: dict[str, Any] | None = None
+    search: dict[str, Any] | None = Field(
+        None,
+        description="`torchloom tune`'s search space: dotted config path -> distribution; "
+        "`train` ignores it",
+    )
 
     @field_validator("search")
     @classmethod
@@ -467,6 +660,107 @@ class Config(Section):
         if problems:
             raise ValueError("\n".join(problems))
         return value
+
+
+# --- fit() keywords -------------------------------------------------------------------------
+
+# Sections fit() takes whole, as a mapping or a bare name, with the field a bare name sets
+# (`optimizer="adam"`, `init="xavier_uniform"`). Their fields get no keyword of their own:
+# `name`, `lr` or `std` alone would not say which section they belong to.
+FIT_SECTIONS: dict[str, str | None] = {
+    "init": "scheme",
+    "loss": "name",
+    "optimizer": "name",
+    "scheduler": "name",
+    "transfer": None,
+}
+# Keywords that are not their field's own name: `dir` alone would not say what it is.
+FIT_KEYWORDS: dict[tuple[str, ...], str] = {("output", "dir"): "output_dir"}
+_LOADING = (
+    "`fit()` is given its data already loaded; these fields say how a source is read "
+    "(`torchloom.data.load`, or `fit_config`)"
+)
+# The fields fit() has no keyword for, and why. Every other field has one, and a test fails
+# when a field is in neither (tests/test_options.py).
+NOT_FIT_OPTIONS: dict[tuple[str, ...], str] = {
+    ("model",): "`fit()` is given the model itself: a module, or a zoo name",
+    ("search",): "`torchloom tune`'s search space; training ignores it",
+    ("data", "name"): _LOADING,
+    ("data", "path"): _LOADING,
+    ("data", "target"): _LOADING,
+    ("data", "standardize"): _LOADING,
+    ("data", "missing"): _LOADING,
+    ("data", "stream"): _LOADING,
+    ("data", "seed"): "`fit()` splits plain arrays and datasets with `seed` (`trainer.seed`)",
+}
+
+
+def fit_options() -> dict[str, tuple[str, ...]]:
+    """`fit()`'s keyword options, each with the config path it sets, derived from the schema.
+
+    A section in `FIT_SECTIONS` is one keyword; every field of the other sections is one, named
+    as the field (or as `FIT_KEYWORDS` says); `NOT_FIT_OPTIONS` lists the fields left out.
+
+    Example:
+        >>> options = fit_options()
+        >>> options["epochs"], options["output_dir"], options["optimizer"]
+        (('trainer', 'epochs'), ('output', 'dir'), ('optimizer',))
+    """
+    paths: list[tuple[str, ...]] = []
+    for name, field in Config.model_fields.items():
+        section = _section_class(field.annotation)
+        if section is None or name in FIT_SECTIONS:
+            paths.append((name,))
+        else:
+            paths += [(name, inner) for inner in section.model_fields]
+    options: dict[str, tuple[str, ...]] = {}
+    for path in paths:
+        if path in NOT_FIT_OPTIONS or path[:1] in NOT_FIT_OPTIONS:
+            continue
+        keyword = FIT_KEYWORDS.get(path, path[-1])
+        assert keyword not in options, f"fit() keyword {keyword!r}: {options[keyword]} and {path}"
+        options[keyword] = path
+    return options
+
+
+def set_path(raw: dict, path: str | tuple[str, ...], value: Any) -> None:
+    """Set `value` at a config path (`"optimizer.lr"` or `("optimizer", "lr")`) in the nested
+    mapping `raw`, making the sections on the way (a section that is not a mapping is replaced).
+
+    Example:
+        >>> raw = {"trainer": {"epochs": 5}}
+        >>> set_path(raw, "optimizer.lr", 0.1)
+        >>> raw
+        {'trainer': {'epochs': 5}, 'optimizer': {'lr': 0.1}}
+    """
+    *sections, field = path.split(".") if isinstance(path, str) else path
+    node = raw
+    for section in sections:
+        if not isinstance(node.get(section), dict):
+            node[section] = {}
+        node = node[section]
+    node[field] = value
+
+
+def section_at(path: str) -> type[BaseModel]:
+    """The schema class of the section at a dotted path: `section_at("trainer.early_stopping")`
+    is `EarlyStoppingConfig`, `section_at("")` is `Config`."""
+    model: type[BaseModel] = Config
+    for part in path.split(".") if path else ():
+        inner = _section_class(model.model_fields[part].annotation)
+        if inner is None:
+            raise ValueError(f"{path}: '{part}' is a field of {model.__name__}, not a section")
+        model = inner
+    return model
+
+
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds (`AugmentConfig | None` gives AugmentConfig); None for a
+    plain value."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation if is_section else None
 
 
 def mode_for(monitor: str, mode: str) -> str:
@@ -496,7 +790,7 @@ SafeLoader.add_implicit_resolver(
 
 def safe_load(text: str):
     """Parse YAML text as plain data (mappings, lists, strings, numbers, booleans, null)."""
-    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 a SafeLoader subclass
+    return yaml.load(text, Loader=SafeLoader)  # a SafeLoader subclass: as safe as safe_load
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -544,13 +838,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> tuple[dict, list[str]]:
             value = safe_load(text) if text else None
         except yaml.YAMLError:
             value = text
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        set_path(result, key, value)
     return result, problems
 
 
@@ -617,10 +905,9 @@ def format_errors(error: ValidationError) -> list[str]:
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """The field names of the section at `loc` (e.g. ["trainer"] -> epochs, batch_size, ...)."""
     for part in loc:
-        annotation = model.model_fields[part].annotation
-        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-        model = annotation
+        section = _section_class(model.model_fields[part].annotation)
+        assert section is not None  # an unknown key is reported inside a section
+        model = section
     return list(model.model_fields)
 
 

@@ -16,7 +16,7 @@ def pack(args: argparse.Namespace) -> int:
     """Load CONFIG's data section (split and preprocessed with its seed) and write it as shards
     in OUT_DIR; print one line with the sample counts and the bytes written."""
     from torchloom import api
-    from torchloom.data.shards import pack as pack_data
+    from torchloom.data.packing import pack as pack_data
 
     path, out_dir, *overrides = args.arguments + [None] * (2 - len(args.arguments))
     if out_dir is None or "=" in path or "=" in out_dir:

@@ -1,4 +1,4 @@
-"""Error types for user mistakes, and the "did you mean ...?" helper.
+"""Error types for user mistakes, and the "did you mean ...?" messages.
 
 A user mistake (bad config, bad data, a misspelled name) raises a subclass of `TorchloomError`,
 itself a `ValueError`, so Python callers can catch the usual type. The CLI prints the message
@@ -41,6 +41,32 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return " Did you mean 'x'?" for the closest choice, or "" when none is close."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_option_message(owner: str, key: str, known: Iterable[str]) -> str:
+    """One line for an option `owner` does not take, with the closest known one.
+
+    Example:
+        >>> unknown_option_message("model 'mlp'", "hiden", ["hidden", "dropout"])
+        "model 'mlp' has no option 'hiden'. Did you mean 'hidden'? Options: hidden, dropout."
+    """
+    known = [str(option) for option in known]
+    return (
+        f"{owner} has no option '{key}'.{did_you_mean(key, known)} "
+        f"Options: {', '.join(known) or 'none'}."
+    )
+
+
+def unknown_option_problems(
+    owner: str, options: Iterable[str], known: Iterable[str], where: str
+) -> list[str]:
+    """`"<where>.<key>: <unknown_option_message>"` for each key of `options` not in `known`."""
+    known = list(known)
+    return [
+        f"{where}.{key}: {unknown_option_message(owner, key, known)}"
+        for key in options
+        if key not in known
+    ]
 
 
 def unknown_name_message(kind: str, name: object, choices: Iterable[str]) -> str:

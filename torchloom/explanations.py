@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from torchloom.errors import DataError, TorchloomError
+from torchloom.plotting import pyplot
 
 METHODS = ("integrated_gradients", "saliency")
 CAPTUM_MISSING = (
@@ -88,9 +89,7 @@ class Explanation:
 
     def plot_bars(self, path: str | Path, top: int = 15) -> Path:
         """A horizontal bar chart of the `top` features' mean |attribution| (colour: sign)."""
-        from torchloom.report import _figure
-
-        plt = _figure()
+        plt = pyplot()
         rows = self.ranking()[:top][::-1]  # most important at the top
         figure, axes = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2))
         colors = ["#c0392b" if row["mean"] >= 0 else "#2980b9" for row in rows]
@@ -115,9 +114,7 @@ class Explanation:
                 "plot_heatmap: the input is not image-shaped (no (height, width) shape and no "
                 "pixel_<row>_<column> feature names); use plot_bars."
             )
-        from torchloom.report import _figure
-
-        plt = _figure()
+        plt = pyplot()
         height, width = self.image_shape
         image = self.inputs.mean(axis=0).reshape(height, width)
         heat = self.attributions.mean(axis=0).reshape(height, width)
@@ -186,7 +183,7 @@ def explain(
         'pixel_3_4'
     """
     try:
-        from captum.attr import IntegratedGradients, Saliency
+        import captum.attr  # noqa: F401  (only to say early that it is missing)
     except ImportError:
         raise TorchloomError(CAPTUM_MISSING) from None
     if method not in METHODS:
@@ -205,20 +202,7 @@ def explain(
     with torch.no_grad():
         outputs = model(batch)
     targets = _targets(run, target, outputs)
-    if method == "integrated_gradients":
-        attributions, delta = IntegratedGradients(model).attribute(
-            batch.clone().requires_grad_(True),
-            baselines=torch.zeros_like(batch),
-            target=targets,
-            n_steps=steps,
-            internal_batch_size=max(len(batch), 512),  # captum needs at least one row per chunk
-            return_convergence_delta=True,
-        )
-        delta = delta.detach().cpu().numpy()
-    else:
-        attributions = Saliency(model).attribute(batch.clone().requires_grad_(True), target=targets)
-        delta = None
-    flat = attributions.detach().cpu().reshape(len(batch), -1).numpy()
+    flat, delta = _attribute(model, batch, targets, method, steps)
     explanation = Explanation(
         method=method,
         feature_names=_feature_names(run, flat.shape[1]),
@@ -234,6 +218,29 @@ def explain(
             plot = Path(plot)
             explanation.plot_heatmap(plot.with_name(f"{plot.stem}_heatmap{plot.suffix or '.png'}"))
     return explanation
+
+
+def _attribute(
+    model: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, method: str, steps: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(num_rows, num_features) attributions by `method`, and for integrated gradients the
+    (num_rows,) convergence deltas (None for saliency)."""
+    from captum.attr import IntegratedGradients, Saliency
+
+    if method == "integrated_gradients":
+        attributions, delta = IntegratedGradients(model).attribute(
+            batch.clone().requires_grad_(True),
+            baselines=torch.zeros_like(batch),
+            target=targets,
+            n_steps=steps,
+            internal_batch_size=max(len(batch), 512),  # captum needs at least one row per chunk
+            return_convergence_delta=True,
+        )
+        delta = delta.detach().cpu().numpy()
+    else:
+        attributions = Saliency(model).attribute(batch.clone().requires_grad_(True), target=targets)
+        delta = None
+    return attributions.detach().cpu().reshape(len(batch), -1).numpy(), delta
 
 
 def _model_inputs(run, inputs, preprocessed: bool) -> np.ndarray:
@@ -310,9 +317,10 @@ def _image_shape(run, count: int) -> tuple[int, int] | None:
     if len(shape) >= 2 and len(squeezed) == 2:
         return squeezed
     matches = [PIXEL_NAME.match(name) for name in run.preprocess.feature_names]
-    if matches and all(matches) and len(matches) == count:
-        height = max(int(m.group(1)) for m in matches) + 1
-        width = max(int(m.group(2)) for m in matches) + 1
+    found = [match for match in matches if match is not None]
+    if found and len(found) == len(matches) == count:
+        height = max(int(m.group(1)) for m in found) + 1
+        width = max(int(m.group(2)) for m in found) + 1
         if height * width == count:
             return height, width
     return None

@@ -44,6 +44,9 @@ class Preprocessed(nn.Module):
         input_shape: the shape of one sample, e.g. (64,) or (1, 28, 28).
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, preprocess: Preprocess, input_shape: tuple[int, ...]):
         super().__init__()
         self.model = model
@@ -165,6 +168,7 @@ def _onnx(module: nn.Module, example: torch.Tensor, metadata: dict[str, str]) ->
             )
     finally:
         registration.setLevel(level)
+    assert program is not None  # dynamo=True always returns the program
     model = program.model_proto
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)

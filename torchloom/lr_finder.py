@@ -43,7 +43,8 @@ def lr_find(
     plot: str | Path | None = None,
     **options,
 ) -> LRFindResult:
-    """Run the learning-rate range test with the loss and optimizer `fit` would use.
+    """Run the learning-rate range test with the loss, optimizer and update `fit` would use
+    (built by the same `torchloom.assemble.build`).
 
     Args:
         model, data: as for `torchloom.fit`.
@@ -68,41 +69,16 @@ def lr_find(
     config, model, data = api.from_options(model, data, options, "lr_find")
     api.seed_everything(config.trainer.seed)
     device = api.resolve_device(config.trainer.device)
-    _, _, model, loss_fn, optimizer, loader = api.prepare(model, data, config, device)
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_optimizer = copy.deepcopy(optimizer.state_dict())
-
-    ratio = (end_lr / start_lr) ** (1 / max(num_steps - 1, 1))
-    rates, losses = [], []
-    average, best = 0.0, math.inf
-    model.train()
-    batches = iter(loader)
-    for step in range(num_steps):
-        try:
-            inputs, targets = next(batches)
-        except StopIteration:  # cycle the data for long sweeps
-            batches = iter(loader)
-            inputs, targets = next(batches)
-        rate = start_lr * ratio**step
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()  # the sweep needs every loss; no run here to keep fast
-        if not math.isfinite(value):
-            break
-        average = smoothing * average + (1 - smoothing) * value
-        smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected running mean
-        rates.append(rate)
-        losses.append(smoothed)
-        best = min(best, smoothed)
-        if step > 10 and smoothed > diverge * best:
-            break
-
-    model.load_state_dict(saved_model)
-    optimizer.load_state_dict(saved_optimizer)
+    setup = api.build(model, data, config, device)
+    saved_model = copy.deepcopy(setup.model.state_dict())
+    saved_optimizer = copy.deepcopy(setup.optimizer.state_dict())
+    try:
+        rates, losses = _sweep(setup, start_lr, end_lr, num_steps, smoothing, diverge)
+    finally:
+        setup.model.load_state_dict(saved_model)
+        setup.optimizer.load_state_dict(saved_optimizer)
+        if hasattr(setup.loader, "close"):  # a dataset's loader: its workers end here
+            setup.loader.close()
     if not losses:
         raise api.TorchloomError(
             f"lr_find: the loss was not finite even at {start_lr:g}; lower start_lr."
@@ -112,6 +88,41 @@ def lr_find(
     if plot is not None:
         result.plot = plot_sweep(result, Path(plot))
     return result
+
+
+def _sweep(setup, start_lr, end_lr, num_steps, smoothing, diverge):
+    """The sweep's rates and smoothed losses, one optimizer step each, stopping at divergence."""
+    model, optimizer, update = setup.model, setup.optimizer, setup.update
+    ratio = (end_lr / start_lr) ** (1 / max(num_steps - 1, 1))
+    rates, losses = [], []
+    average, best = 0.0, math.inf
+    model.train()
+    batches = iter(setup.loader)
+    for step in range(num_steps):
+        try:
+            inputs, targets = next(batches)
+        except StopIteration:  # cycle the data for long sweeps
+            batches = iter(setup.loader)
+            inputs, targets = next(batches)
+        rate = start_lr * ratio**step
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        update.zero_grad()
+        with update.autocast():
+            loss = setup.loss_fn(setup.forward(inputs), targets)
+        update.backward(loss)
+        update.step(loss)  # the run's precision and clipping, as fit would step
+        value = loss.item()  # the sweep needs every loss
+        if not math.isfinite(value):
+            break
+        average = smoothing * average + (1 - smoothing) * value
+        smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected running mean
+        rates.append(rate)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if step > 10 and smoothed > diverge * best:
+            break
+    return rates, losses
 
 
 def plot_sweep(result: LRFindResult, path: Path) -> Path:

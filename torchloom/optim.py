@@ -7,7 +7,7 @@ import inspect
 import torch
 from torch import nn
 
-from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.errors import TorchloomError, lookup, unknown_option_problems
 from torchloom.losses import ElboLoss, GanLoss
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -53,12 +53,7 @@ def optimizer_options(name: str) -> list[str]:
 def option_problems(kind: str, name: str, options: dict, where: str) -> list[str]:
     """Unknown options for loss or optimizer `name`, one line each, with the closest known."""
     known = optimizer_options(name) if kind == "optimizer" else list(LOSS_OPTIONS[name])
-    return [
-        f"{where}.{key}: {kind} '{name}' has no option '{key}'.{did_you_mean(key, known)} "
-        f"Options: {', '.join(known) or 'none'}."
-        for key in options
-        if key not in known
-    ]
+    return unknown_option_problems(f"{kind} '{name}'", options, known, where)
 
 
 # Optimizers with a fused CUDA kernel: one launch updates every parameter, instead of one (or,

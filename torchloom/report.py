@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from torchloom.io import atomic_write_text
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
+from torchloom.plotting import figure as new_figure
 
 
 def plot_curves(history: list[dict], directory: Path) -> list[Path]:
     """`loss.png` (train vs val loss per epoch) and `metrics.png` (each val metric per epoch)."""
-    plt = _figure()
     written = []
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = new_figure(figsize=(6, 4))
+    axes = figure.subplots()
     for key, label in (("train/loss", "train"), ("val/loss", "validation")):
         points = [(row["epoch"], row[key]) for row in history if key in row]
         if points:
@@ -34,7 +27,6 @@ def plot_curves(history: list[dict], directory: Path) -> list[Path]:
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(directory / "loss.png", dpi=100)
-    plt.close(figure)
     written.append(directory / "loss.png")
     headline = [
         key
@@ -42,7 +34,8 @@ def plot_curves(history: list[dict], directory: Path) -> list[Path]:
         if key.startswith("val/") and key != "val/loss" and key.count("/") == 1
     ]
     if headline:
-        figure, axes = plt.subplots(figsize=(6, 4))
+        figure = new_figure(figsize=(6, 4))
+        axes = figure.subplots()
         for key in headline:
             points = [(row["epoch"], row[key]) for row in history if key in row]
             axes.plot(*zip(*points, strict=True), marker=".", label=key)
@@ -53,7 +46,6 @@ def plot_curves(history: list[dict], directory: Path) -> list[Path]:
         axes.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(directory / "metrics.png", dpi=100)
-        plt.close(figure)
         written.append(directory / "metrics.png")
     return written
 
@@ -82,9 +74,9 @@ def confusion_matrix(run, split: str) -> np.ndarray:
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
-    plt = _figure()
     size = max(4.0, 0.5 * len(classes) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
+    figure = new_figure(figsize=(size, size))
+    axes = figure.subplots()
     axes.imshow(matrix, cmap="Blues")
     axes.set(
         xticks=range(len(classes)),
@@ -102,24 +94,73 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
             axes.text(column, row, int(matrix[row, column]), ha="center", va="center", color=color)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
-def write_report(run, summary: dict) -> Path:
-    """Write `plots/*.png`, `report.md` (final metrics table, curves, confusion matrix, the
-    doctor's verdicts) and the self-contained `report.html`."""
-    plots = run.dir / "plots"
-    plots.mkdir(exist_ok=True)
-    images = plot_curves(run.history, plots)
+@dataclass
+class ReportParts:
+    """What the report shows; drawing and writing it (`render_report`) needs nothing else, so
+    it can run on a thread."""
+
+    run: object  # the Run, read for its directory, task and config text only
+    summary: dict
+    history: list[dict]
+    diagnostics: dict | None
+    diagnosis: object  # the doctor's Diagnosis
+    confusion: tuple[np.ndarray, list[str], str] | None  # (matrix, class names, split)
+
+
+def confusion_of(run) -> tuple[np.ndarray, list[str], str] | None:
+    """A classification run's confusion matrix on the test split (else validation), with the
+    class names and the split's name; None for other tasks or without such a split."""
     split = "test" if run.data is not None and run.data.test is not None else "val"
     has_split = run.data is not None and getattr(run.data, split) is not None
-    if run.task.name == "classification" and has_split:
-        classes = run.task.classes or [str(i) for i in range(run.task.num_outputs)]
-        matrix = confusion_matrix(run, split)
-        images.append(
-            plot_confusion(matrix, classes, plots / "confusion_matrix.png", f"Confusion ({split})")
-        )
+    if run.task.name != "classification" or not has_split:
+        return None
+    classes = run.task.classes or [str(i) for i in range(run.task.num_outputs)]
+    return confusion_matrix(run, split), classes, split
+
+
+def report_parts(run, summary: dict, confusion=None, facts: dict | None = None) -> ReportParts:
+    """What the report shows: `confusion` (from `confusion_of`, which needs the model) and the
+    doctor's verdicts, read from the run's history, diagnostics and `facts` (measured already,
+    so that nothing here runs the model; None: measured here)."""
+    from torchloom.diagnosis import diagnose, evidence_from
+
+    evidence, name = evidence_from(run, facts=facts)
+    return ReportParts(
+        run=run,
+        summary=summary,
+        history=list(run.history),
+        diagnostics=run.diagnostics,
+        diagnosis=diagnose(evidence, name),
+        confusion=confusion,
+    )
+
+
+def write_report(run, summary: dict) -> Path:
+    """Write `plots/*.png`, `report.md` and `report.html` now (see `render_report`)."""
+    return render_report(report_parts(run, summary, confusion_of(run)))
+
+
+def render_report(parts: ReportParts) -> Path:
+    """Write `plots/*.png`, `report.md` (final metrics table, curves, confusion matrix, the
+    doctor's verdicts) and the self-contained `report.html`."""
+    from torchloom.diagnosis.plots import plot_diagnostics
+    from torchloom.report_html import write_html_report
+
+    run, summary, diagnosis = parts.run, parts.summary, parts.diagnosis
+    plots = run.dir / "plots"
+    plots.mkdir(exist_ok=True)
+    images = plot_curves(parts.history, plots)
+    if parts.confusion is not None:
+        matrix, classes, split = parts.confusion
+        path = plots / "confusion_matrix.png"
+        images.append(plot_confusion(matrix, classes, path, f"Confusion ({split})"))
+    if parts.diagnostics:
+        plotted = plot_diagnostics(parts.diagnostics, plots / "diagnostics.png")
+        if plotted is not None:
+            images.append(plotted)
     lines = [f"# Run {run.dir.name}", ""]
     lines.append(
         f"{run.task.name}, {summary['epochs']} epochs, {summary['steps']} optimizer steps, "
@@ -133,28 +174,13 @@ def write_report(run, summary: dict) -> Path:
     if final:
         lines += ["", "## Last epoch", "", "| key | value |", "|---|---|"]
         lines += [f"| {key} | {value:.6g} |" for key, value in final.items() if key.count("/") <= 1]
-    diagnosis = _diagnose(run, plots, images)
     lines += ["", "## Doctor", "", *doctor_lines(diagnosis)]
     lines += ["", "## Plots", ""]
     lines += [f"![{image.stem}](plots/{image.name})" for image in images]
     path = run.dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    from torchloom.report_html import write_html_report
-
     write_html_report(run, summary, images, diagnosis)
     return path
-
-
-def _diagnose(run, plots: Path, images: list[Path]):
-    """The doctor's diagnosis of the run, and its diagnostics plot added to `images`."""
-    from torchloom.diagnosis import doctor
-    from torchloom.diagnosis.plots import plot_diagnostics
-
-    if run.diagnostics:
-        plotted = plot_diagnostics(run.diagnostics, plots / "diagnostics.png")
-        if plotted is not None:
-            images.append(plotted)
-    return doctor(run, quiet=True)
 
 
 def doctor_lines(diagnosis) -> list[str]:

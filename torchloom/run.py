@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ class Run:
         preprocess: what prediction applies to raw inputs.
         diagnostics: what the doctor reads (gradient, update and activation samples, data
             facts), or None when `trainer.diagnostics_every` was off.
+        summary: what the run directory's summary.json holds (None when nothing was written).
+        pending: the report being drawn after `fit` returned, until `wait()`; else None.
     """
 
     def __init__(
@@ -52,6 +55,23 @@ class Run:
         self.history = history or []
         self.dir = directory
         self.diagnostics: dict | None = None
+        self.summary: dict | None = None  # what summary.json holds, for a run fit just wrote
+        self.pending = None  # the report being written on a thread (`wait`)
+
+    def wait(self) -> Run:
+        """Wait until the run directory's plots and report (written on a thread after `fit`
+        returns) and any upload of it are done; raises what went wrong there. Returns the run.
+
+        Example:
+            >>> run = torchloom.fit("mlp", data, epochs=5, output_dir="runs").wait()
+            >>> (run.dir / "report.html").is_file()
+            True
+        """
+        pending = self.pending
+        if pending is not None and not pending.running_here():  # the report's own doctor
+            pending.wait()
+            self.pending = None
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +144,7 @@ class Run:
             chunks = [
                 self.model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)
             ] or [self.model(inputs)]
+        outputs: Any  # a tensor, or a tuple of them for a VAE (the task reads either)
         if isinstance(chunks[0], tuple):  # a VAE's (reconstruction, mean, log_variance)
             outputs = tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
         else:
@@ -146,7 +167,8 @@ class Run:
             return ids.astype(np.int64, copy=False)
         if isinstance(texts, str):
             texts = [texts]  # one text, not a sequence of characters
-        return self.preprocess.transform(list(texts))
+        # An object array keeps each item as given: the tokenizer names any that is not a string.
+        return self.preprocess.transform(np.asarray(list(texts), dtype=object))
 
     def sample(self, count: int, seed: int = 0, *, scaled: bool = False) -> np.ndarray:
         """`count` new samples from a generative run (vae, gan), in the data's own units.
@@ -172,7 +194,8 @@ class Run:
         from torchloom.tasks.generation import unscale
 
         generator = torch.Generator().manual_seed(seed)
-        samples = self.model.sample(count, generator).float().cpu().numpy()
+        # nn.Module types the attributes it holds as Tensor | Module: mypy cannot see a method.
+        samples = self.model.sample(count, generator).float().cpu().numpy()  # type: ignore[operator]
         return samples if scaled else unscale(samples, self.preprocess)
 
     def __repr__(self) -> str:

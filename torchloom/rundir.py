@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -45,13 +46,23 @@ def model_section(model: nn.Module) -> dict:
     return {"name": spec["name"], **defaults, **options}
 
 
-def finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
-    """Final weights, the summary with test metrics, plots and the report."""
-    from torchloom.report import write_report
+def finish_run_dir(run: Run, state: TrainState, seconds: float, then=()) -> None:
+    """Complete the run directory: the final weights, the summary with test metrics, what the
+    task chose, the doctor's record; then the plots and the report, and each of `then` called
+    with the run directory (an upload of it).
+
+    What a run needs to be complete (weights, summary, what the task chose, the doctor's
+    record with its facts) is written before this returns. What only a person reads (plots,
+    report.md, report.html) is drawn on a thread (`run.wait()` waits for it) when the run
+    completed and nothing in `then` waits to upload it; an interrupted or diverged run, or one
+    with an upload, finishes it here.
+    """
+    from torchloom.diagnosis.facts import run_facts
+    from torchloom.report import confusion_of, render_report, report_parts
 
     run_dir = run.dir
     finite = all(bool(torch.isfinite(t).all()) for t in run.model.state_dict().values())
-    status = "interrupted" if state.stop_now else "completed" if finite else "diverged"
+    status = "interrupted" if state.interrupted else "completed" if finite else "diverged"
     if status == "completed":  # never save non-finite weights, nor a half-trained final model
         save_tensors(run_dir / "model.safetensors", run.model.state_dict(), {"format": "pt"})
     summary = {
@@ -69,10 +80,54 @@ def finish_run_dir(run: Run, state: TrainState, seconds: float) -> None:
     if run.task.state():  # what the task chose after training (thresholds), for load_run
         atomic_write_json(run_dir / "task.json", run.task.state())
     atomic_write_json(run_dir / "summary.json", summary)
+    run.summary = summary
+    # The doctor's facts (a baseline fit among them) belong to the record a program reads: they
+    # are measured here, with the model and the data at hand.
+    facts = run_facts(run)
     if run.diagnostics is not None:
+        run.diagnostics["facts"] = facts
         atomic_write_json(run_dir / "diagnostics.json", run.diagnostics)
-    if state.history:
-        write_report(run, summary)
+    confusion = confusion_of(run) if state.history else None  # needs the model: here
+
+    def finish() -> None:
+        if state.history:
+            render_report(report_parts(run, summary, confusion, facts))
+        for step in then:
+            step(run_dir)
+
+    if status == "completed" and not then:
+        run.pending = Background(finish, f"torchloom report {run_dir.name}")
+    else:  # what comes next (a resume, an upload) reads the whole directory
+        finish()
+
+
+class Background:
+    """A function running on its own thread, whose error `wait` raises in the caller.
+
+    The thread is not a daemon: a Python process that ends waits for it, so the files it
+    writes exist when `torchloom train` returns.
+    """
+
+    def __init__(self, function, name: str):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(function,), name=name)
+        self.thread.start()
+
+    def _run(self, function) -> None:
+        try:
+            function()
+        except BaseException as error:  # raised again by wait(), in the caller's thread
+            self.error = error
+
+    def running_here(self) -> bool:
+        """True when called from the function's own thread (which must not wait for itself)."""
+        return threading.current_thread() is self.thread
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def launch_dir(root: Path, launch_id: str) -> Path | None:

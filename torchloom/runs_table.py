@@ -46,7 +46,8 @@ def run_info(run_dir: Path) -> dict:
             min(values) if mode_for(monitor, output.get("mode", "auto")) == "min" else max(values)
         )
     if summary is not None:
-        status = STATUSES.get(summary.get("status"), str(summary.get("status")))
+        recorded = str(summary.get("status"))
+        status = STATUSES.get(recorded, recorded)
     else:
         newest = max(path.stat().st_mtime for path in run_dir.rglob("*") if path.is_file())
         status = "running" if time.time() - newest < RUNNING_WITHIN_SECONDS else "failed"

@@ -29,8 +29,7 @@ from torchloom import data as data_module
 from torchloom import models as models_module
 from torchloom.errors import TorchloomError
 from torchloom.train.callbacks import Callback, Dispatcher, History, TrainState
-from torchloom.train.loop import Evaluator, LoopParts, fit_loop
-from torchloom.train.step import GradientClipper
+from torchloom.train.loop import fit_loop
 
 __all__ = ["NeuralNetClassifier", "NeuralNetRegressor"]
 
@@ -69,7 +68,10 @@ class _NeuralNet(BaseEstimator):
         verbose: int = 0,
     ):
         # scikit-learn's convention, kept on purpose: one flat parameter per option, stored
-        # verbatim, so GridSearchCV can search over `lr` or `epochs` directly.
+        # verbatim, so GridSearchCV can search over `lr` or `epochs` directly. The defaults are
+        # written out because scikit-learn reads them from this signature (get_params, clone);
+        # they are the config's, but for the ones docs/sklearn.md lists with the reason, and
+        # tests/test_options.py holds them to that.
         self.model = model
         self.model_options = model_options
         self.epochs = epochs
@@ -179,39 +181,36 @@ class _NeuralNet(BaseEstimator):
     def _continue(self, features: np.ndarray, targets: np.ndarray) -> None:
         """One more epoch over new data with the same network and optimizer (`partial_fit`).
 
-        Runs torchloom's one loop; the learning rate stays as the optimizer holds it (a
-        scheduler, gradient accumulation and mixed precision apply to `fit` only).
+        Builds with `fit`'s builder and runs torchloom's one loop; the learning rate stays as
+        the optimizer holds it (a scheduler, early stopping, gradient accumulation and mixed
+        precision apply to `fit` only).
         """
-        config, device = self.run_.config, self.run_.device
-        api.seed_everything(self.seed + self.epochs_trained_)
-        split = data_module.from_arrays(
+        config = self.run_.config
+        seed = self.seed + self.epochs_trained_  # a new order each call, reproducible
+        config = config.model_copy(
+            update={
+                "trainer": config.trainer.model_copy(
+                    update={
+                        "epochs": 1,
+                        "seed": seed,
+                        "accumulate": 1,
+                        "precision": "32",
+                        "early_stopping": None,
+                        "progress": False,
+                    }
+                ),
+                "scheduler": config.scheduler.model_copy(update={"name": None, "options": {}}),
+            }
+        )
+        api.seed_everything(seed)
+        data = data_module.from_arrays(
             features, targets, task=self._task, val=0.0, test=0.0, classes=self.run_.task.classes
-        ).train.to(device)
-        loader = data_module.BatchLoader(
-            split.features,
-            split.targets,
-            config.trainer.batch_size,
-            shuffle=config.trainer.shuffle,
-            seed=self.seed + self.epochs_trained_,  # a new order each call, reproducible
         )
-        state = TrainState(
-            model=self.module_,
-            optimizer=self.optimizer_,
-            num_epochs=1,
-            steps_per_epoch=len(loader),
-            batch_size=config.trainer.batch_size,
-            loader=loader,
+        setup = api.build(
+            self.module_, data, config, self.run_.device, optimizer=self.optimizer_
         )
-        loss_fn = self.run_.loss_fn
-        parts = LoopParts(
-            loss_fn=loss_fn,
-            evaluate=Evaluator(self.run_.task, loss_fn, config.trainer.batch_size, device),
-            val_split=None,
-            forward=self.module_,
-            clip=GradientClipper(config.trainer.clip_norm, config.trainer.clip_value),
-            log_every=config.trainer.log_every,
-        )
-        fit_loop(state, parts, Dispatcher([History()]))
+        state = TrainState(setup, callbacks=[History()])
+        fit_loop(setup, state, Dispatcher(state.callbacks))
         self.module_.eval()
         self.history_ = [*self.history_, {**state.history[-1], "epoch": self.epochs_trained_ + 1}]
         self.epochs_trained_ += 1
@@ -247,6 +246,9 @@ class NeuralNetClassifier(ClassifierMixin, _NeuralNet):
         device: "cpu", "cuda", "auto", ...
         verbose: 1 shows torchloom's progress bar.
 
+    Defaults are the config's (docs/config.md) but for batch_size 32, optimizer "adam",
+    validation_fraction 0.0, device "cpu" and verbose 0; docs/sklearn.md says why.
+
     Attributes:
         classes_: the labels seen in `fit` (or given to the first `partial_fit`), sorted.
         n_features_in_, feature_names_in_: the inputs `fit` saw.
@@ -260,7 +262,7 @@ class NeuralNetClassifier(ClassifierMixin, _NeuralNet):
 
     _task = "classification"
 
-    def fit(self, X, y) -> NeuralNetClassifier:  # noqa: N803 scikit-learn's argument names
+    def fit(self, X, y) -> NeuralNetClassifier:
         """Train a fresh network on features `X` (n_samples, n_features) and labels `y`."""
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
@@ -274,7 +276,7 @@ class NeuralNetClassifier(ClassifierMixin, _NeuralNet):
         )
         return self
 
-    def partial_fit(self, X, y, classes=None) -> NeuralNetClassifier:  # noqa: N803
+    def partial_fit(self, X, y, classes=None) -> NeuralNetClassifier:
         """Train one epoch on `X`, `y`, continuing the network and optimizer state.
 
         Args:
@@ -319,11 +321,11 @@ class NeuralNetClassifier(ClassifierMixin, _NeuralNet):
             self._continue(np.asarray(X, dtype=np.float32), indices)
         return self
 
-    def predict_proba(self, X) -> np.ndarray:  # noqa: N803
+    def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, (n_samples, n_classes) in `classes_` order (softmax of logits)."""
         return self._outputs(X)["probabilities"].astype(np.float64)
 
-    def predict(self, X) -> np.ndarray:  # noqa: N803
+    def predict(self, X) -> np.ndarray:
         """The most probable label of each sample, as the labels `fit` saw."""
         indices = self._outputs(X)["class"]  # first: raises NotFittedError before fit
         return self.classes_[indices]
@@ -343,7 +345,7 @@ class NeuralNetRegressor(RegressorMixin, _NeuralNet):
 
     _task = "regression"
 
-    def fit(self, X, y) -> NeuralNetRegressor:  # noqa: N803
+    def fit(self, X, y) -> NeuralNetRegressor:
         """Train a fresh network on `X` (n_samples, n_features) and targets `y`, (n,) or (n, k)."""
         X, y = validate_data(
             self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True
@@ -351,7 +353,7 @@ class NeuralNetRegressor(RegressorMixin, _NeuralNet):
         self._train(*self._arrays(X, y, reset=True), None, partial=False)
         return self
 
-    def partial_fit(self, X, y) -> NeuralNetRegressor:  # noqa: N803
+    def partial_fit(self, X, y) -> NeuralNetRegressor:
         """Train one epoch on `X`, `y`, continuing the network and optimizer state."""
         first_call = not hasattr(self, "module_")
         X, y = validate_data(
@@ -374,7 +376,7 @@ class NeuralNetRegressor(RegressorMixin, _NeuralNet):
             self._continue(*self._arrays(X, y, reset=False))
         return self
 
-    def _arrays(self, X, y, reset: bool) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    def _arrays(self, X, y, reset: bool) -> tuple[np.ndarray, np.ndarray]:
         """Float32 features and (n, k) targets; `reset` records the targets' shape."""
         if reset:  # predict answers in the shape fit saw: (n,) or (n, k), (n, 1) included
             self._single_target = y.ndim == 1
@@ -382,7 +384,7 @@ class NeuralNetRegressor(RegressorMixin, _NeuralNet):
         targets = np.asarray(y, dtype=np.float32).reshape(len(y), -1)
         return np.asarray(X, dtype=np.float32), targets
 
-    def predict(self, X) -> np.ndarray:  # noqa: N803
+    def predict(self, X) -> np.ndarray:
         """Predicted targets: (n_samples,) when `fit` had one target per sample, else (n, k)."""
         values = self._outputs(X)["value"].astype(np.float64)  # (n, k)
         return values[:, 0] if self._single_target else values

@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from torchloom.cli import split_config_arguments
+from torchloom.command_arguments import split_config_arguments
 from torchloom.errors import TorchloomError
 
 console = Console()
@@ -61,7 +61,7 @@ def runs(args: argparse.Namespace) -> int:
     table = Table(title=f"runs in {args.root}")
     for column in ("name", "task", "model", "data", "epochs", "best", "seconds", "status"):
         # Names (copied into other commands) and statuses stay whole; other columns shrink.
-        whole = {}
+        whole: dict = {}  # add_column's keywords, each of its own type
         if column == "name":
             whole = {"no_wrap": True, "min_width": max(len(row["name"]) for row in rows)}
         elif column == "status":

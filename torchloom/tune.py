@@ -20,11 +20,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torchloom.config import ConfigError, apply_overrides, mode_for, read_yaml
+from torchloom.config import ConfigError, apply_overrides, mode_for, read_yaml, set_path
 from torchloom.errors import TorchloomError
 from torchloom.io import atomic_write_text
 from torchloom.train.callbacks import Callback, NonFiniteError, TrainingInterrupted, TrainState
+
+if TYPE_CHECKING:  # optuna is an optional extra, imported when a search runs
+    import optuna
 
 OPTUNA_MISSING = (
     "tune needs optuna, an optional extra that is not installed. Install it with: "
@@ -55,7 +59,7 @@ class TuneResult:
         monitor: the metric optimized, and `direction` ("minimize" or "maximize").
     """
 
-    study: object
+    study: optuna.Study
     best_params: dict
     best_value: float
     best_config: Path
@@ -81,17 +85,6 @@ class PruningReporter(Callback):
         if self.trial.should_prune():
             self.pruned = True
             state.stop = True
-
-
-def set_path(raw: dict, path: str, value) -> None:
-    """`set_path(raw, "optimizer.lr", 0.1)` sets raw["optimizer"]["lr"], making sections."""
-    *sections, field = path.split(".")
-    node = raw
-    for section in sections:
-        if not isinstance(node.get(section), dict):
-            node[section] = {}
-        node = node[section]
-    node[field] = value
 
 
 def sample(trial, space: dict) -> dict:
@@ -188,25 +181,9 @@ def tune_config(
         ConfigError: no search section, a bad distribution or path, a bad base config.
         TorchloomError: optuna is not installed; the study was made for another metric.
     """
-    from torchloom.api import fit_config, resolve_config
-    from torchloom.config import to_yaml
-
     path = Path(path)
-    raw, problems = apply_overrides(read_yaml(path), list(overrides))
-    if problems:
-        raise ConfigError(problems, source="overrides")
-    base = resolve_config(raw)  # the whole config, search section included, validates
+    raw, base = base_config(path, overrides)
     space = base.search
-    if not space:
-        raise ConfigError(
-            [
-                "search: no search space to tune. Add one, e.g. "
-                "search: {optimizer.lr: {log_uniform: [1e-4, 1e-1]}}"
-            ],
-            source=str(path),
-        )
-    raw.pop("search")
-    check_space(raw, space, str(path))
     optuna = import_optuna()
 
     folder = Path(base.output.dir or "runs") / f"tune-{path.stem}"
@@ -215,20 +192,7 @@ def tune_config(
     storage = f"sqlite:///{study_path.resolve()}"
     monitor = base.output.monitor
     direction = "minimize" if mode_for(monitor, base.output.mode) == "min" else "maximize"
-    # Trials are reported in our table; Optuna's own lines would repeat them (and print a
-    # traceback for an interrupted trial).
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    search = optuna.create_study(
-        study_name=path.stem,
-        storage=storage,
-        load_if_exists=True,
-        direction=direction,
-        # Seeded by the trials so far too: a resumed study must not redraw the first values.
-        sampler=optuna.samplers.TPESampler(
-            seed=base.trainer.seed + done_before(storage, path.stem)
-        ),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-    )
+    search = open_study(optuna, path.stem, storage, direction, seed=base.trainer.seed)
     if (
         search.user_attrs.setdefault("monitor", monitor) != monitor
         or search.direction.name.lower() != direction
@@ -240,6 +204,62 @@ def tune_config(
         )
     search.set_user_attr("monitor", monitor)
     search.set_user_attr("space", space)
+
+    objective = make_objective(optuna, raw, space, monitor, progress)
+    run_trials(search, objective, trials, study_path)
+    output_path = Path(output) if output else study_path.parent / "best.yaml"
+    best_params = write_best(search, raw, space, monitor, study_path, output_path)
+    best_value = search.best_trial.value
+    return TuneResult(search, best_params, best_value, output_path, storage, monitor, direction)
+
+
+def base_config(path: Path, overrides: list[str] | tuple[str, ...]):
+    """The config without its search section, as raw YAML data and resolved with its search
+    space, once every search path names a config field.
+
+    Raises:
+        ConfigError: a bad override, a bad config, no search section, a bad search path.
+    """
+    from torchloom.api import resolve_config
+
+    raw, problems = apply_overrides(read_yaml(path), list(overrides))
+    if problems:
+        raise ConfigError(problems, source="overrides")
+    base = resolve_config(raw)  # the whole config, search section included, validates
+    if not base.search:
+        raise ConfigError(
+            [
+                "search: no search space to tune. Add one, e.g. "
+                "search: {optimizer.lr: {log_uniform: [1e-4, 1e-1]}}"
+            ],
+            source=str(path),
+        )
+    raw.pop("search")
+    check_space(raw, base.search, str(path))
+    return raw, base
+
+
+def open_study(optuna, name: str, storage: str, direction: str, *, seed: int):
+    """The study `name` in `storage`, created or loaded to continue, with a TPE sampler and a
+    median pruner."""
+    # Trials are reported in our table; Optuna's own lines would repeat them (and print a
+    # traceback for an interrupted trial).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction=direction,
+        # Seeded by the trials so far too: a resumed study must not redraw the first values.
+        sampler=optuna.samplers.TPESampler(seed=seed + done_before(storage, name)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
+
+
+def make_objective(optuna, raw: dict, space: dict, monitor: str, progress: bool):
+    """The objective Optuna calls per trial: train the config with the trial's values, return
+    the last value of `monitor`."""
+    from torchloom.api import fit_config
 
     def objective(trial) -> float:
         trial_raw = copy.deepcopy(raw)
@@ -261,6 +281,16 @@ def tune_config(
             raise TorchloomError(f"output.monitor: '{monitor}' was never logged in a trial.")
         return values[-1]  # what `torchloom train` on the best config will reach
 
+    return objective
+
+
+def run_trials(search, objective, trials: int, study_path: Path) -> None:
+    """Run trials until the study holds `trials` finished ones.
+
+    Raises:
+        TrainingInterrupted: Ctrl-C; the message says how to continue the study.
+        TorchloomError: no trial of the study has completed.
+    """
     done = sum(counts_as_done(trial) for trial in search.trials)
     if trials > done:
         try:
@@ -275,17 +305,25 @@ def tune_config(
     completed = [t for t in search.trials if t.state.name == "COMPLETE"]
     if not completed:
         raise TorchloomError(f"{study_path}: no trial completed; see the failed trials' errors.")
+
+
+def write_best(
+    search, raw: dict, space: dict, monitor: str, study_path: Path, output_path: Path
+) -> dict:
+    """Write the best trial's config as YAML for `torchloom train`; returns its values."""
+    from torchloom.api import resolve_config
+    from torchloom.config import to_yaml
+
     best = search.best_trial
     best_params = decode_params(best.params, space)
     best_raw = copy.deepcopy(raw)
     for key, value in best_params.items():
         set_path(best_raw, key, value)
     best_config = resolve_config(best_raw)
-    output_path = Path(output) if output else study_path.parent / "best.yaml"
     header = (
         f"# torchloom train {output_path}\n"
         f"# best of {len(search.trials)} trials in {study_path} (trial {best.number}): "
         f"{monitor} {best.value:.6g}\n"
     )
     atomic_write_text(output_path, header + to_yaml(best_config))
-    return TuneResult(search, best_params, best.value, output_path, storage, monitor, direction)
+    return best_params

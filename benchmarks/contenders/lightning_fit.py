@@ -22,7 +22,7 @@ def framework_import() -> str:
 
 
 def train(workload, data, epochs, timer, options):
-    import lightning as L  # noqa: N812 - the name Lightning's docs use
+    import lightning as L  # the name Lightning's docs use
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 

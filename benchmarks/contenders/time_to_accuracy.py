@@ -99,6 +99,7 @@ def torchloom(workload, data, target, max_epochs, timer, recipe):
             output_dir=run_root,
             callbacks=[StopAtTarget()],
         )
+        run.wait()  # the report, drawn after fit returned, before its folder is removed
     final = run.history[-1]["val/accuracy"] if run.history else 0.0
     return reached.get("epochs"), reached.get("accuracy", final), reached.get("at")
 

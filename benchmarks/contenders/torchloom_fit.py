@@ -17,7 +17,7 @@ import common
 
 def framework_import() -> str:
     import torchloom
-    import torchloom.api  # noqa: F401 - `torchloom` alone is lazy; fit() needs this
+    import torchloom.api  # `torchloom` alone is lazy; fit() needs this
 
     return torchloom.__version__
 
@@ -56,6 +56,7 @@ def train(workload, data, epochs, timer, options):
             callbacks=[Timestamps()],
         )
         timer.fit_returned()
+        run.wait()  # the report, drawn after fit returned, before its folder is removed
     return {"weights_checksum": common.weights_checksum(run.model)}
 
 

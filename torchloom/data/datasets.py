@@ -14,6 +14,7 @@ Batches are made by `torchloom.data.streaming.StreamLoader`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from torchloom.data.preprocess import Preprocess
 from torchloom.data.samples import Keys
-from torchloom.data.splits import split_rows
+from torchloom.data.splits import Data, split_rows
 from torchloom.errors import DataError
 
 
@@ -53,7 +54,11 @@ class DatasetSplit:
     # The first two inputs, read once (a model's lazy layers and TensorBoard's graph use them).
     example: torch.Tensor | None = field(default=None, repr=False, compare=False)
     # The task's cast and check of each batch (`torchloom.assemble.BatchCheck`), set by fit.
-    check: object = field(default=None, repr=False, compare=False)
+    check: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    # Worker processes its evaluation loader uses (fit sets the training loader's count).
+    workers: int = field(default=0, repr=False, compare=False)
     # Evaluation loaders with their workers kept between validations, by (batch, rank, ranks).
     eval_loaders: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -71,7 +76,7 @@ class DatasetSplit:
         if self.indices is not None:
             return len(self.indices)
         try:
-            return len(self.dataset)
+            return len(self.dataset)  # type: ignore[arg-type]  # an iterable one has no __len__
         except TypeError:
             raise DataError(
                 f"{self.name}: this iterable dataset has no length (__len__); what needs the "
@@ -235,8 +240,6 @@ def _hugging_face_rows(dataset):
 
 
 def _data(train, val, test, task, classes, name, keys: Keys):
-    from torchloom.data import Data  # the package imports this module: import at call time
-
     if train is None:
         raise DataError("from_datasets: train is required.")
     _inspect(train)
@@ -292,7 +295,7 @@ def _inspect(split: DatasetSplit) -> None:
 
 def _class_names(split: DatasetSplit) -> list[str]:
     """Class names from the dataset's attributes, else "0".."k-1" from a pass over targets."""
-    dataset = split.dataset
+    dataset: Dataset | None = split.dataset
     seen = set()
     while dataset is not None and id(dataset) not in seen:  # Subset and the like wrap others
         seen.add(id(dataset))

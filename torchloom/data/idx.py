@@ -111,7 +111,9 @@ def find_idx_files(root: str | Path) -> dict[str, Path]:
     return found
 
 
-def read_idx_folder(root: str | Path, limit: int | None = None) -> tuple[np.ndarray, ...]:
+def read_idx_folder(
+    root: str | Path, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Images and labels of both official splits from an idx folder.
 
     Returns:
@@ -136,4 +138,5 @@ def read_idx_folder(root: str | Path, limit: int | None = None) -> tuple[np.ndar
                 f"{files[f'{split}_labels']} holds {len(labels)} labels. Give matching files."
             )
         arrays += [images, labels.astype(np.int64)]
-    return tuple(arrays)
+    train_images, train_labels, test_images, test_labels = arrays
+    return train_images, train_labels, test_images, test_labels

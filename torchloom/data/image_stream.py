@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,6 +178,7 @@ def image_folder_stream(
         >>> run = torchloom.fit("convnet", data, num_workers=4)
     """
     files, classes = _image_files(path)
+    assert path is not None  # _image_files refuses None
     height_width = _check_size(size)
     if channels not in (None, 1, 3):
         raise DataError(f"data.channels: expected 1 (grayscale) or 3 (RGB), got {channels!r}.")
@@ -193,7 +195,7 @@ def image_folder_stream(
     targets = np.asarray([label for _, label in files], dtype=np.int64)
     rows = split_rows(targets, val=val, test=test, seed=seed, name=name, stratify=True)
     parts = {split: [files[i] for i in np.sort(part)] for split, part in rows.items()}
-    options = {"channels": channels, "size": height_width}
+    options: dict[str, Any] = {"channels": channels, "size": height_width}
     mean = std = None
     if per is not None:
         mean, std = fit_scale(ImageFiles(parts["train"], classes, **options), per)
@@ -206,6 +208,7 @@ def image_folder_stream(
     data = from_datasets(
         made["train"], made["val"], made["test"], task="classification", classes=classes, name=name
     )
+    assert made["train"] is not None  # split_rows always leaves training rows
     shape = made["train"].shape
     preprocess = Preprocess(pixel_names(shape), classes, "classification", mean=mean, std=std)
     if per is not None:
@@ -243,7 +246,7 @@ def fit_scale(files: ImageFiles, per: str) -> tuple[list[float], list[float]]:
         raise DataError(worker_message(error)) from None
     # Whole pixel values: these float64 sums are exact, so their order does not matter.
     per_value = len(files) * (files.height * files.width if per == "channel" else 1)
-    return scale_from_sums(total, squares, per_value)
+    return scale_from_sums(np.asarray(total), np.asarray(squares), per_value)
 
 
 class PixelSums(Dataset):
@@ -259,7 +262,7 @@ class PixelSums(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         pixels = self.files.pixels(index).astype(np.float64)  # (channels, height, width)
         if self.per == "feature":
-            values = pixels.reshape(-1)
+            values: np.ndarray = pixels.reshape(-1)
             return values, np.square(values)
         values = pixels.reshape(len(pixels), -1)  # (channels, pixels)
         return values.sum(axis=1), np.square(values).sum(axis=1)
@@ -267,7 +270,8 @@ class PixelSums(Dataset):
 
 def add_up(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """A batch of `PixelSums` items as one pair of sums (in the worker: less to send back)."""
-    return sum(total for total, _ in items), sum(squares for _, squares in items)
+    zero = np.zeros(())  # sum's start: a float64 array, not the int 0
+    return sum((total for total, _ in items), zero), sum((squares for _, squares in items), zero)
 
 
 def _per(standardize) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from torchloom.data.idx import read_idx_folder
 from torchloom.data.safe_pickle import load_arrays
-from torchloom.data.sources import Table
+from torchloom.data.tabular import Table
 from torchloom.errors import DataError
 
 # Where Debian's `dataset-fashion-mnist` package puts the four idx.gz files.
@@ -101,7 +101,8 @@ def idx(path: str | None = None, limit: int | None = None, classes: list | None 
             "and the other three MNIST-format files."
         )
     arrays = read_idx_folder(path, _check_limit(limit))
-    return _with_official_test("idx", *arrays, None if classes is None else map(str, classes))
+    names = None if classes is None else [str(name) for name in classes]
+    return _with_official_test("idx", *arrays, names)
 
 
 def mnist_5k() -> Table:
@@ -201,6 +202,7 @@ def image_folder(
         channels: 1 (grayscale) or 3 (RGB); None takes 1 when every image is grayscale, else 3.
     """
     files, classes = _image_files(path)
+    assert path is not None  # _image_files refuses None
     height_width = _check_size(size)
     if channels not in (None, 1, 3):
         raise DataError(f"data.channels: expected 1 (grayscale) or 3 (RGB), got {channels!r}.")
@@ -216,7 +218,7 @@ def image_folder(
     if channels is None:
         gray = all(mode in ("1", "L", "LA", "I", "I;16", "F") for mode in modes)
         channels = 1 if gray else 3
-    arrays = []
+    arrays: list[np.ndarray] = []
     for file, _ in files:
         try:
             with Image.open(file) as image:

@@ -40,12 +40,13 @@ class BatchLoader:
 
     Each epoch draws one permutation from a seeded CPU generator and gathers each batch's rows
     with one `index_select`: no per-sample `__getitem__`, no collate, and no copy of the whole
-    split per epoch (gathering the epoch at once, then slicing, held a second copy of the data
-    and measured slower: on 60,000 x 784 floats, 130 ms an epoch against 24 ms, most of it
-    page faults on the fresh 188 MB). A small split (at most `SMALL_SPLIT_BYTES`, which stays in
-    the CPU's caches) is the exception: its epoch is gathered at once and batches are slices of
-    it, since two gathers per batch cost more there (digits: 61 µs an epoch against 105). The
-    batches equal `features[perm[i : i + batch_size]]` for
+    split per epoch (gathering the epoch at once, then slicing, holds a second copy of the data,
+    and writing that fresh copy every epoch is mostly page faults on memory not touched before;
+    docs/benchmarks.md has the measurement). A small split (at most `SMALL_SPLIT_BYTES`, which
+    stays in the CPU's caches) is the exception: its epoch is gathered at once and batches are
+    slices of it, since there the fixed cost of two `index_select` calls per batch (features
+    and targets) outweighs copying the whole split. The batches equal
+    `features[perm[i : i + batch_size]]` for
     `perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))` on the first
     epoch, either way.
 

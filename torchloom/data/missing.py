@@ -102,7 +102,7 @@ def drop_rows(features: np.ndarray, names: list[str], spec: MissingSpec) -> np.n
     dropping = [index for index, name in enumerate(names) if spec.strategy_for(name) == "drop"]
     if not dropping:
         return np.ones(len(features), dtype=bool)
-    return ~is_missing(features[:, dropping]).any(axis=1)
+    return np.asarray(~is_missing(features[:, dropping]).any(axis=1))
 
 
 def drop_missing_rows(table, spec: MissingSpec | None):
@@ -180,6 +180,37 @@ class ColumnPrep:
         missing = is_missing(train)
         numeric = [name for name in self.names if name not in self.categorical]
         numeric_values = self._numeric(train, numeric)
+        self._check_strategies(missing, spec)
+        for strategy in ("mean", "median", "most_frequent"):
+            chosen = [name for name in numeric if spec.strategy_for(name) == strategy]
+            if chosen:
+                columns = [numeric.index(name) for name in chosen]
+                imputer = SimpleImputer(strategy=strategy).fit(numeric_values[:, columns])
+                self.fill.update(zip(chosen, imputer.statistics_.tolist(), strict=True))
+        self.learned_columns = [name for name in numeric if spec.strategy_for(name) == "learned"]
+        if self.learned_columns:
+            from torchloom.data.imputer import fit_learned_imputer
+
+            # The autoencoder reads every numeric column (more context) and fills its own.
+            self.learned = fit_learned_imputer(
+                numeric_values,
+                seed=seed,
+                hidden=spec.hidden,
+                epochs=spec.epochs,
+                mask_rate=spec.mask_rate,
+            )
+        self._fit_categories(train)
+        if spec.indicator and missing.any():
+            # The indicator reads the mask (1.0 = missing) with 1.0 as the "missing" marker.
+            indicator = MissingIndicator(missing_values=1.0, features="missing-only")
+            indicator.fit(missing.astype(np.float64))
+            self.indicators = [self.names[int(i)] for i in indicator.features_]
+        return self
+
+    def _check_strategies(self, missing: np.ndarray, spec: MissingSpec) -> None:
+        """Every column's strategy can fill its gaps: raise on the first one that cannot.
+
+        `missing`: (num_samples, num_columns) True where a training value is missing."""
         for name in self.names:
             column = self.names.index(name)
             strategy = spec.strategy_for(name)
@@ -202,41 +233,21 @@ class ColumnPrep:
                     f"Strategies that work for it: most_frequent, drop (set data.missing.columns: "
                     f"{{{name}: most_frequent}})."
                 )
-        for strategy in ("mean", "median", "most_frequent"):
-            chosen = [name for name in numeric if spec.strategy_for(name) == strategy]
-            if chosen:
-                columns = [numeric.index(name) for name in chosen]
-                imputer = SimpleImputer(strategy=strategy).fit(numeric_values[:, columns])
-                self.fill.update(zip(chosen, imputer.statistics_.tolist(), strict=True))
-        self.learned_columns = [name for name in numeric if spec.strategy_for(name) == "learned"]
-        if self.learned_columns:
-            from torchloom.data.imputer import fit_learned_imputer
 
-            # The autoencoder reads every numeric column (more context) and fills its own.
-            self.learned = fit_learned_imputer(
-                numeric_values,
-                seed=seed,
-                hidden=spec.hidden,
-                epochs=spec.epochs,
-                mask_rate=spec.mask_rate,
-            )
+    def _fit_categories(self, train: np.ndarray) -> None:
+        """Each categorical column's categories (for one-hot encoding) and its fill."""
+        from sklearn.impute import SimpleImputer
+        from sklearn.preprocessing import OneHotEncoder
+
         for name in self.categorical:
             values = self._categories_of(train, name)
-            from sklearn.preprocessing import OneHotEncoder
-
             observed = values[~is_missing(values)].reshape(-1, 1)
             encoder = OneHotEncoder(handle_unknown="ignore").fit(observed)
             self.categories[name] = [str(c) for c in encoder.categories_[0]]
             # A blank category is filled with the most frequent one, whatever the strategy
-            # (the strategy was checked above for columns with gaps).
+            # (`_check_strategies` refused one that cannot fill a categorical column's gaps).
             mode = SimpleImputer(strategy="most_frequent").fit(observed)
             self.fill[name] = str(mode.statistics_[0])
-        if spec.indicator and missing.any():
-            # The indicator reads the mask (1.0 = missing) with 1.0 as the "missing" marker.
-            indicator = MissingIndicator(missing_values=1.0, features="missing-only")
-            indicator.fit(missing.astype(np.float64))
-            self.indicators = [self.names[int(i)] for i in indicator.features_]
-        return self
 
     # --- applying --------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 one class held out as the anomaly.
 
 river ships Yeast and Shuttle as gzipped CSV files inside its package; they are read here with
-pandas directly (river's own iterators stream one dict per row, ~50x slower for a whole table),
-found through the import system without importing river itself. Nothing is downloaded.
+pandas directly (river's own iterators build one Python dict per row, far slower for a whole
+table than one vectorized read), found through the import system without importing river
+itself. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchloom.data.sources import Table, digits
+from torchloom.data.tabular import Table, digits
 from torchloom.errors import DataError
 
 

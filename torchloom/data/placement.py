@@ -14,7 +14,7 @@ so every slice the loader yields is already in the layout a channels-last convol
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -91,7 +91,7 @@ def place(
         (data, on_device): on_device False means the training split stayed on the host (pinned
         on CUDA) and the loader must copy each batch to `device`.
     """
-    total = sum(split_bytes(s) for s in (data.train, data.val, data.test))
+    total = sum(split_bytes(s) for s in _tensor_splits(data))
     on_device = keep_on_device(mode, device, total, free_memory(device))
     if on_device:
         data = data.to(device)
@@ -99,22 +99,28 @@ def place(
         move = lambda split: None if split is None else split.to(device)  # noqa: E731
         data = replace(data, val=move(data.val), test=move(data.test))
     if channels_last:
-        data = replace(
-            data,
-            train=_channels_last(data.train),
-            val=_channels_last(data.val),
-            test=_channels_last(data.test),
-        )
+        train, val, test = _tensor_splits(data)
+        last = lambda split: None if split is None else _channels_last(split)  # noqa: E731
+        data = replace(data, train=_channels_last(train), val=last(val), test=last(test))
     if not on_device and device.type == "cuda":
         # Page-locked memory is what lets the per-batch copy run asynchronously (and faster);
         # it needs CUDA, so a CPU run never pins.
-        data = replace(data, train=replace(data.train, features=data.train.features.pin_memory()))
-        data = replace(data, train=replace(data.train, targets=data.train.targets.pin_memory()))
+        train = _tensor_splits(data)[0]
+        pinned = replace(
+            train, features=train.features.pin_memory(), targets=train.targets.pin_memory()
+        )
+        data = replace(data, train=pinned)
     return data, on_device
 
 
-def _channels_last(split: Split | None) -> Split | None:
+def _tensor_splits(data: Data) -> tuple[Split, Split | None, Split | None]:
+    """The splits as the tensor `Split`s they are here: fit streams a user's own datasets
+    (`DatasetSplit`s) without placing them."""
+    return cast("tuple[Split, Split | None, Split | None]", (data.train, data.val, data.test))
+
+
+def _channels_last(split: Split) -> Split:
     """The split with 4-D float features stored channels-last (anything else unchanged)."""
-    if split is None or split.features.dim() != 4 or not split.features.is_floating_point():
+    if split.features.dim() != 4 or not split.features.is_floating_point():
         return split
     return replace(split, features=split.features.contiguous(memory_format=torch.channels_last))

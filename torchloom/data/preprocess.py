@@ -156,7 +156,7 @@ class Preprocess:
     @classmethod
     def from_json(cls, payload: dict) -> Preprocess:
         scale = payload.get("standardize") or {}
-        tokenizer = None
+        tokenizer: Tokenizer | SentenceEncoder | None = None
         if payload.get("text") is not None and "encoder" in payload["text"]:
             from torchloom.data.embeddings import SentenceEncoder
 

@@ -9,10 +9,12 @@ A series source returns a `Series` (one value per time step, plus how to cut it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from torchloom.data.tabular import read_csv_file
 from torchloom.errors import DataError, did_you_mean
 
 GAP_POLICIES = ("drop", "ffill")
@@ -79,8 +81,8 @@ class Series:
 
 
 def _statsmodels(name: str):
-    """The bundled dataset `name` as a pandas frame (statsmodels.datasets only: importing
-    statsmodels.api costs ~6 s)."""
+    """The bundled dataset `name` as a pandas frame (statsmodels.datasets only: statsmodels.api
+    imports every model in the library, which reading a bundled table does not need)."""
     import importlib
 
     try:
@@ -189,15 +191,28 @@ def series_csv(
         DataError: a missing file or column, a time column that is not sorted, a non-numeric
             target.
     """
-    import pandas as pd
-
     if path is None or time is None:
         raise DataError(
             "data source 'series_csv' needs 'path' (the file) and 'time' (the time column)."
         )
-    from torchloom.data.sources import read_csv_file  # sources imports this module
-
     frame = read_csv_file(path)
+    target = _target_column(frame, path, time, target)
+    times = frame[time]
+    _check_times(times, path, time)
+    values = frame[target].to_numpy(np.float64)
+    labels = times.astype(str).to_numpy()
+    return Series(values, labels, str(path), target, window, horizon, stride, season, gaps)
+
+
+def _target_column(frame, path: str, time: str, target: str | None) -> str:
+    """The column to forecast, once the time column is there: `target`, or the one other
+    column.
+
+    Raises:
+        DataError: no such time column or target, more than one candidate, a non-numeric target.
+    """
+    import pandas as pd
+
     columns = [str(c) for c in frame.columns]
     if time not in columns:
         raise DataError(
@@ -219,7 +234,13 @@ def series_csv(
         )
     if not pd.api.types.is_numeric_dtype(frame[target]):
         raise DataError(f"{path}: column '{target}' to forecast is not numeric.")
-    times = frame[time]
+    return target
+
+
+def _check_times(times, path: str, time: str) -> None:
+    """The time column has no empty cell and strictly increases (dates or numbers)."""
+    import pandas as pd
+
     if times.isna().any():
         row = int(np.flatnonzero(times.isna().to_numpy())[0])
         raise DataError(f"{path}: time column '{time}' is empty in data row {row + 1}.")
@@ -233,9 +254,6 @@ def series_csv(
             f"does not come after row {row} ({times.iloc[row - 1]}). Sort the file by time "
             "and drop repeated times."
         )
-    values = frame[target].to_numpy(np.float64)
-    labels = times.astype(str).to_numpy()
-    return Series(values, labels, str(path), target, window, horizon, stride, season, gaps)
 
 
 def _parse_times(times, path: str, column: str):
@@ -250,7 +268,7 @@ def _parse_times(times, path: str, column: str):
         ) from None
 
 
-SERIES_SOURCES = {
+SERIES_SOURCES: dict[str, Callable[..., Series]] = {
     "sunspots": sunspots,
     "nile": nile,
     "co2": co2,

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from torchloom.errors import DataError, TorchloomError
@@ -34,14 +32,13 @@ from torchloom.errors import DataError, TorchloomError
 FORMAT = 1
 META_FILE = "torchloom-shards.json"
 SPLITS = ("train", "val", "test")
-DEFAULT_CHUNK_BYTES = "64MB"
 # litdata's metadata requires torchvision (a CUDA build from PyPI, which does not import beside
 # torchloom's torch), so it is installed without its dependencies and these come from the extra.
 INSTALL = "pip install 'torchloom[shards]' && pip install --no-deps litdata==0.2.76"
-READ_BATCH = 256  # samples read (and converted) together while packing
 
 
-def _litdata():
+def import_litdata():
+    """The litdata module, or a `TorchloomError` saying how to install it."""
     try:
         import litdata
     except ImportError as error:
@@ -50,187 +47,6 @@ def _litdata():
             "torchvision, which would replace torch with a CUDA build)."
         ) from None
     return litdata
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def pack(
-    source,
-    out_dir: str | Path,
-    *,
-    val: float = 0.1,
-    test: float = 0.2,
-    seed: int = 0,
-    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
-    num_workers: int = 0,
-    **options,
-) -> dict:
-    """Write a data source, a `Data` or your own dataset as litdata shards in `out_dir`.
-
-    Args:
-        source: a source name from `torchloom.data.names()` (loaded with `torchloom.data.load`
-            and `options`, e.g. `path=`, `target=`, `standardize=`), a `torchloom.data.Data`, or
-            a torch `Dataset` / `IterableDataset` / `DataLoader` (split with
-            `torchloom.data.split_dataset`; an iterable one is packed whole as train).
-        out_dir: a folder that does not exist yet (or is empty).
-        val, test, seed: the split, for a source name or a dataset; a `Data` is already split.
-        chunk_bytes: the size of each chunk file (an int, or "64MB"); a reader process keeps a
-            few chunks mapped, so this bounds its memory.
-        num_workers: worker processes reading a dataset of your own ahead of the writer (0:
-            read in this process); in-memory data needs none.
-        **options: the source's own options, for a source name.
-
-    Returns:
-        What `torchloom-shards.json` holds: `format`, `name`, `task`, `input_shape`, `splits`
-        (`{"train": {"samples": n, "bytes": b}, ...}`) and `bytes` in all.
-
-    Raises:
-        DataError: `out_dir` exists and is not empty; a task shards cannot hold (they hold
-            classification and regression); a sample that cannot be read or written (nothing
-            is left in `out_dir` then).
-        TorchloomError: litdata is not installed.
-
-    Example:
-        >>> info = pack("digits", "shards/digits")
-        >>> info["splits"]["train"]["samples"]
-        1257
-    """
-    out_dir = Path(out_dir)
-    chunk_bytes = parse_bytes(chunk_bytes)
-    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
-        raise DataError(f"data pack: {out_dir} exists; remove it or choose another folder.")
-    _litdata()  # a missing install stops before the data is read
-    from litdata.streaming.writer import BinaryWriter
-
-    data = _as_data(source, val, test, seed, options)
-    if data.task not in ("classification", "regression"):
-        raise DataError(
-            f"data pack: '{data.name}' is a {data.task} data set; shards hold classification and "
-            "regression data (what torchloom trains from datasets). Train it in memory instead."
-        )
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_dir.parent / f".{out_dir.name}.packing-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    splits, step = {}, "reading the data"
-    try:
-        for name in SPLITS:
-            split = getattr(data, name)
-            if split is None:
-                continue
-            step = f"writing the {name} split"
-            folder = temporary / name
-            splits[name] = _write_split(split, folder, BinaryWriter, chunk_bytes, num_workers)
-        step = "writing preprocess.json"
-        info = {
-            "format": FORMAT,
-            "name": data.name,
-            "task": data.task,
-            "input_shape": list(data.input_shape),
-            "splits": splits,
-            "bytes": sum(part["bytes"] for part in splits.values()),
-        }
-        (temporary / "preprocess.json").write_text(json.dumps(data.preprocess.to_json()))
-        (temporary / META_FILE).write_text(json.dumps(info, indent=2))
-        step = f"moving the shards to {out_dir}"
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        temporary.rename(out_dir)
-    except BaseException as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        if isinstance(error, TorchloomError):
-            raise DataError(f"data pack: {error} Nothing was written to {out_dir}.") from None
-        if not isinstance(error, Exception):
-            raise  # KeyboardInterrupt and the like: the partial folder is gone
-        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise DataError(
-            f"data pack: {step} failed ({type(error).__name__}: {text}); nothing was written to "
-            f"{out_dir}. Check the disk space and the folder's permissions."
-        ) from error
-    return info
-
-
-def parse_bytes(value: int | str) -> int:
-    """A size in bytes from an int or a string such as "64MB", "512kB" or "1.5G" (powers of
-    1000)."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*", str(value), re.IGNORECASE)
-    size = (
-        0 if match is None else int(float(match[1]) * 1000 ** " kmg".index(match[2].lower() or " "))
-    )
-    if size <= 0:
-        raise DataError(
-            f"data pack: chunk_bytes {value!r} is not a size; expected a number of bytes, or one "
-            "such as '64MB', '512kB', '1G'."
-        )
-    return size
-
-
-def _as_data(source, val: float, test: float, seed: int, options: dict):
-    from torchloom import data as data_module
-
-    if isinstance(source, str):
-        return data_module.load(source, val=val, test=test, seed=seed, **options)
-    if options:
-        raise DataError(
-            f"data pack: options {', '.join(options)} are for a source name; this source is a "
-            f"{type(source).__name__}."
-        )
-    if isinstance(source, data_module.Data):
-        return source
-    if data_module.is_dataset(source):
-        return data_module.split_dataset(source, val=val, test=test, seed=seed)
-    raise DataError(
-        f"data pack: expected a source name, a torchloom.data.Data or a torch Dataset, got "
-        f"{type(source).__name__}."
-    )
-
-
-def _write_split(split, folder: Path, writer_class, chunk_bytes: int, num_workers: int) -> dict:
-    """Write one split's samples in order, a batch read at a time; returns its counts."""
-    writer = writer_class(str(folder), chunk_bytes=chunk_bytes)
-    count = 0
-    for inputs, targets in _batches(split, num_workers):
-        # (batch, ...) inputs and targets: one {"input", "target"} item per sample
-        input_rows = np.ascontiguousarray(inputs.numpy())
-        for row in range(len(input_rows)):
-            writer.add_item(count, {"input": input_rows[row], "target": _target(targets[row])})
-            count += 1
-    if count == 0:
-        raise DataError(f"the {folder.name} split is empty; there is nothing to write.")
-    writer.done()
-    writer.merge()
-    size = sum(file.stat().st_size for file in folder.iterdir() if file.is_file())
-    return {"samples": count, "bytes": size}
-
-
-def _batches(split, num_workers: int):
-    """The split's (inputs, targets) batches in order; a dataset's read by `num_workers`
-    processes (the evaluation loader's, told through `EVAL_WORKERS`, stopped afterwards)."""
-    if not (split.streamed and num_workers):
-        yield from split.batches(READ_BATCH, torch.device("cpu"))
-        return
-    from torchloom.data.streaming import EVAL_WORKERS
-
-    EVAL_WORKERS[id(split)] = num_workers
-    try:
-        yield from split.batches(READ_BATCH, torch.device("cpu"))
-    finally:
-        EVAL_WORKERS.pop(id(split), None)
-        split.eval_loaders.clear()  # its persistent workers exit with it
-
-
-def _target(value: torch.Tensor):
-    """A scalar target as a Python number (a class index stays an int), else a NumPy array."""
-    if value.dim() == 0:
-        return value.item()
-    return np.ascontiguousarray(value.numpy())
-
-
-# --- reading ---------------------------------------------------------------------------------
 
 
 class ShardDataset(Dataset):
@@ -257,7 +73,7 @@ class ShardDataset(Dataset):
 
     def _open(self):
         if self._stream is None or self._pid != os.getpid():
-            litdata = _litdata()
+            litdata = import_litdata()
             # batch_decode=0: decode the sample asked for, not a window around it (a shuffled
             # order would decode a window per sample and use one item of it).
             self._stream = litdata.StreamingDataset(self.path, batch_decode=0)
@@ -273,7 +89,7 @@ class ShardDataset(Dataset):
         stream = self._open()
         chunks = np.searchsorted(self.ends, indices, side="right")
         samples: list = [None] * len(indices)
-        for position in np.lexsort((indices, chunks)):  # by chunk, then by index in it
+        for position in np.lexsort((np.asarray(indices), chunks)):  # by chunk, then by index in it
             samples[position] = stream[int(indices[position])]
         return samples
 
@@ -336,9 +152,11 @@ def shards(
         folder = f"{root}/{name}"
         index = _read_json(folder, "index.json")
         datasets[name] = ShardDataset(folder, [chunk["chunk_size"] for chunk in index["chunks"]])
-    _litdata()  # a missing install is reported before any read
+    import_litdata()  # a missing install is reported before any read
     data = from_datasets(
-        **datasets,
+        datasets.get("train"),
+        datasets.get("val"),
+        datasets.get("test"),
         task=preprocess.task,
         classes=preprocess.classes,
         name=str(info.get("name", "shards")),

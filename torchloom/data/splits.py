@@ -1,10 +1,23 @@
-"""The seeded split of a table's rows (or a folder's files) into train, val and test."""
+"""The seeded split of a table's rows (or a folder's files) into train, val and test, and the
+`Split` and `Data` that hold the result.
+
+`Split` and `Data` live here, low in the package, so that every module that builds them (tables,
+windows, datasets, streaming, the loaders) imports them without importing `torchloom.data`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
 import numpy as np
+import torch
 
 from torchloom.errors import DataError
+
+if TYPE_CHECKING:
+    from torchloom.data.datasets import DatasetSplit
+    from torchloom.data.preprocess import Preprocess
 
 
 def check_fractions(val: float, test: float) -> None:
@@ -81,3 +94,124 @@ def split_rows(
                 f"data.{split}: 0."
             )
     return {"train": train_rows, "val": val_rows, "test": test_rows}
+
+
+@dataclass
+class Split:
+    """One split as tensors: features (num_samples, ...) float32, or for text (num_samples,
+    max_len) int64 token ids padded with 0; targets int64 or float32.
+
+    Anomaly data carries (num_samples, 1 + num_features) float32 targets: column 0 is the label
+    (1 anomaly, 0 normal), the rest the flattened preprocessed input, which an autoencoder's loss
+    reconstructs (see `torchloom.tasks.anomaly`).
+    """
+
+    features: torch.Tensor
+    targets: torch.Tensor
+
+    streamed = False  # a `DatasetSplit` (the user's own dataset) is read a batch at a time
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.features.to(device), self.targets.to(device))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.features.shape[1:])
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(self.targets.shape[1:])
+
+    def batches(self, batch_size: int, device: torch.device, *, rank: int = 0, world_size: int = 1):
+        """(inputs, targets) slices in order: this rank's contiguous part of the split."""
+        base, extra = divmod(len(self), world_size)
+        low = rank * base + min(rank, extra)
+        high = low + base + (rank < extra)
+        for start in range(low, high, batch_size):
+            end = min(start + batch_size, high)
+            yield self.features[start:end].to(device), self.targets[start:end].to(device)
+
+    def sample(self, limit: int, seed: int = 0) -> Split:
+        """At most `limit` rows, a seeded random choice (the split is in source order)."""
+        if len(self) <= limit:
+            return self
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
+        index = index.to(self.features.device)
+        return Split(self.features[index], self.targets[index])
+
+
+@dataclass
+class Data:
+    """A dataset split into train / val / test, preprocessed, ready for `torchloom.fit`.
+
+    Attributes:
+        train, val, test: the splits; val and test are None when their fraction is 0.
+        preprocess: the scaler and names fitted on train, saved as `preprocess.json` in a run.
+        name: the source's name.
+        spec: how to load it again: `{"name", "val", "test", "seed", "standardize", ...}`.
+    """
+
+    train: Split | DatasetSplit
+    val: Split | DatasetSplit | None
+    test: Split | DatasetSplit | None
+    preprocess: Preprocess
+    name: str
+    spec: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> Data:
+        """The same data with every split's tensors on `device`."""
+        move = lambda split: None if split is None else split.to(device)  # noqa: E731
+        return replace(self, train=self.train.to(device), val=move(self.val), test=move(self.test))
+
+    @property
+    def task(self) -> str:
+        return self.preprocess.task
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.preprocess.classes
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.classes is None else len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, e.g. (64,) for digits as a table."""
+        return self.train.input_shape
+
+    @property
+    def streamed(self) -> bool:
+        """The splits are the user's own datasets, read a batch at a time."""
+        return self.train.streamed
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def num_outputs(self) -> int:
+        """Output units a model needs: one per class, regression target or label; for anomaly
+        detection one per input feature (an autoencoder's reconstruction)."""
+        if self.task == "classification":
+            assert self.classes is not None  # classification data always names its classes
+            return len(self.classes)
+        if self.task == "anomaly":
+            return self.num_features
+        shape = self.train.target_shape
+        return int(np.prod(shape)) if shape else 1
+
+    def split(self, name: str) -> Split:
+        """The split called `name` ("train", "val" or "test"), or a clear error if it is empty."""
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split '{name}'. Expected 'train', 'val' or 'test'.")
+        split = getattr(self, name)
+        if split is None:
+            raise DataError(
+                f"this data has no '{name}' split. Give data.{name} a fraction above 0 "
+                f"(e.g. {name}=0.2) to hold one out."
+            )
+        return split

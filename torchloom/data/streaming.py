@@ -28,15 +28,20 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from torchloom.data.datasets import DatasetSplit
 from torchloom.data.loader import plan_batches
 from torchloom.data.samples import Collate
+from torchloom.data.splits import Split
 from torchloom.errors import DataError, TorchloomError
+
+if TYPE_CHECKING:
+    # Only named in annotations: datasets.py reads its batches through this module.
+    from torchloom.data.datasets import DatasetSplit
 
 # torchdata 0.11 calls a torch API that torch 2.13 deprecates, once per loader: not the user's
 # concern.
@@ -75,7 +80,8 @@ class SeededSamples(Dataset):
         self.batched = hasattr(self.dataset, "__getitems__")
 
     def __len__(self) -> int:
-        return len(self.dataset) if self.indices is None else len(self.indices)
+        # torch types Dataset without __len__; a map-style one read by position has one.
+        return len(self.dataset) if self.indices is None else len(self.indices)  # type: ignore[arg-type]
 
     def _index(self, position: int) -> int:
         return int(position if self.indices is None else self.indices[position])
@@ -110,7 +116,7 @@ class SeededSamples(Dataset):
         self._seed(keys[0][0], indices[0])
         if self.batched:
             try:
-                samples = self.dataset.__getitems__(indices)
+                samples = self.dataset.__getitems__(indices)  # type: ignore[attr-defined]  # batched
             except DataError:
                 raise
             except Exception as error:
@@ -220,7 +226,9 @@ class StreamLoader:
         user = split.user_loader
         pin = self.device.type == "cuda"
         self.sampler: EpochBatchSampler | None = None
-        self.stateful = None  # a StatefulDataLoader, for iterable datasets and custom samplers
+        # A StatefulDataLoader (torchdata, an optional extra), for iterable datasets and custom
+        # samplers.
+        self.stateful: Any = None
         if user is not None:
             batch_size = user.batch_size or batch_size
             drop_last = user.drop_last
@@ -229,23 +237,7 @@ class StreamLoader:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.batched_reads = hasattr(split.dataset, "__getitems__")
-        collate = Collate(split.keys, split.name, _user_collate(user), indexed=not split.iterable)
-        options = {
-            "num_workers": num_workers,
-            "collate_fn": collate,
-            "pin_memory": pin,
-            "persistent_workers": num_workers > 0,
-            "worker_init_fn": None if user is None else user.worker_init_fn,
-            # A loader draws its workers' base seed when an iterator starts: from its own
-            # generator, never the global one, whose state the checkpoint restores.
-            "generator": torch.Generator().manual_seed(seed),
-        }
-        if num_workers > 0:
-            prefetch = None if user is None else user.prefetch_factor
-            options["prefetch_factor"] = prefetch or 2
-            options["multiprocessing_context"] = (
-                None if user is None else user.multiprocessing_context
-            )
+        options = _loader_options(split, num_workers, pin, seed)
         self.promise = resume_promise(split)
         if self.promise.exact_sampler:
             if user is not None:
@@ -262,8 +254,8 @@ class StreamLoader:
             self.loader = DataLoader(
                 SeededSamples(split, seed), batch_sampler=self.sampler, **options
             )
-            self.batch_sizes = [end - start for start, end in self.sampler.bounds]
-            self.global_sizes = self.sampler.global_sizes
+            self.batch_sizes: list[int] | None = [end - start for start, end in self.sampler.bounds]
+            self.global_sizes: list[int] | None = self.sampler.global_sizes
         else:
             if world_size > 1:
                 raise TorchloomError(
@@ -403,6 +395,28 @@ def _user_collate(user: DataLoader | None):
     return user.collate_fn
 
 
+def _loader_options(split: DatasetSplit, num_workers: int, pin: bool, seed: int) -> dict:
+    """The training `DataLoader`'s options other than how it batches: workers, collate,
+    pinning, seeding (a user's `DataLoader` brings its worker init, prefetch and context)."""
+    user = split.user_loader
+    collate = Collate(split.keys, split.name, _user_collate(user), indexed=not split.iterable)
+    options = {
+        "num_workers": num_workers,
+        "collate_fn": collate,
+        "pin_memory": pin,
+        "persistent_workers": num_workers > 0,
+        "worker_init_fn": None if user is None else user.worker_init_fn,
+        # A loader draws its workers' base seed when an iterator starts: from its own
+        # generator, never the global one, whose state the checkpoint restores.
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    if num_workers > 0:
+        prefetch = None if user is None else user.prefetch_factor
+        options["prefetch_factor"] = prefetch or 2
+        options["multiprocessing_context"] = None if user is None else user.multiprocessing_context
+    return options
+
+
 def _sizes(count: int, batch_size: int, drop_last: bool) -> list[int]:
     bounds, _ = plan_batches(count, batch_size, 0, 1, drop_last)
     return [end - start for start, end in bounds]
@@ -463,7 +477,7 @@ def first_batch(split: DatasetSplit, count: int = 2) -> tuple[torch.Tensor, torc
     collate = Collate(split.keys, split.name, _user_collate(user), indexed=not split.iterable)
     if split.iterable:
         items = []
-        for sample in split.dataset:
+        for sample in split.dataset:  # type: ignore[attr-defined]  # an IterableDataset
             items.append(sample)
             if len(items) == count:
                 break
@@ -499,12 +513,9 @@ def evaluation_batches(
         yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
-EVAL_WORKERS: dict[int, int] = {}  # id(split) -> workers, set by the training loader's builder
-
-
 def _evaluation_loader(split, batch_size, rank, world_size) -> DataLoader:
     user = split.user_loader
-    workers = user.num_workers if user is not None else EVAL_WORKERS.get(id(split), 0)
+    workers = user.num_workers if user is not None else split.workers
     collate = Collate(split.keys, split.name, _user_collate(user), indexed=not split.iterable)
     options = {
         "num_workers": workers,
@@ -527,11 +538,9 @@ def _evaluation_loader(split, batch_size, rank, world_size) -> DataLoader:
 
 def gather(split: DatasetSplit, limit: int, seed: int = 0):
     """At most `limit` samples of the split as an in-memory `Split` (seeded choice)."""
-    from torchloom.data import Split
-
     if split.iterable:
         items, collate = [], Collate(split.keys, split.name, None, indexed=False)
-        for sample in split.dataset:
+        for sample in split.dataset:  # type: ignore[attr-defined]  # an IterableDataset
             items.append(sample)
             if len(items) == limit:
                 break

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchloom.data.sources import Table, read_csv_file
+from torchloom.data.tabular import Table, read_csv_file
 from torchloom.errors import DataError, did_you_mean
 
 PAD, UNKNOWN = "<pad>", "<unk>"

@@ -17,6 +17,7 @@ import torch
 
 from torchloom.data.preprocess import Preprocess
 from torchloom.data.series import Series
+from torchloom.data.splits import Data, Split
 from torchloom.errors import DataError
 
 __all__ = ["held_out_steps", "split_series", "window_bounds"]
@@ -77,8 +78,6 @@ def split_series(series: Series, *, val: float, test: float, standardize: bool |
     Raises:
         DataError: a part with no complete window, a bad option.
     """
-    from torchloom.data import Data, Split
-
     if standardize not in (True, False, "per_feature"):
         raise DataError(
             f"data.standardize: a series is scaled as one value per step; use true or false, "
@@ -107,22 +106,8 @@ def split_series(series: Series, *, val: float, test: float, standardize: bool |
         if start == end:
             splits[name] = None
             continue
-        first_target = max(start, series.window)
-        target_starts = np.arange(first_target, end - series.horizon + 1, series.stride)
-        rows = cuts[target_starts - series.window]
-        complete = np.isfinite(rows).all(axis=1)  # gaps: "drop" leaves these windows out
-        rows = rows[complete]
-        if len(rows) == 0:
-            raise DataError(
-                f"data '{series.name}': the {name} part (steps {start}..{end - 1}, "
-                f"{series.times[start]} to {series.times[end - 1]}) holds no complete window "
-                f"of {series.window} inputs and {series.horizon} targets without a gap. "
-                f"Give data.{name} more steps, or a shorter window or horizon."
-            )
-        counts[name] = len(rows)
-        features = torch.from_numpy(np.ascontiguousarray(rows[:, : series.window, None]))
-        targets = torch.from_numpy(np.ascontiguousarray(rows[:, series.window :]))
-        splits[name] = Split(features, targets)  # (n, window, 1), (n, horizon)
+        part = _part_windows(series, cuts, name, start, end)
+        splits[name], counts[name] = part, len(part)
     preprocess.extra["forecast"] = {
         "window": series.window,
         "horizon": series.horizon,
@@ -137,7 +122,32 @@ def split_series(series: Series, *, val: float, test: float, standardize: bool |
         },
         "windows": counts,
     }
+    assert splits["train"] is not None  # the training part has observed values (checked above)
     return Data(splits["train"], splits["val"], splits["test"], preprocess, series.name)
+
+
+def _part_windows(series: Series, cuts: np.ndarray, name: str, start: int, end: int) -> Split:
+    """The complete windows whose targets lie in steps `start`..`end - 1` (part `name`), every
+    `series.stride` steps: features (n, window, 1), targets (n, horizon).
+
+    Raises:
+        DataError: the part holds no complete window.
+    """
+    first_target = max(start, series.window)
+    target_starts = np.arange(first_target, end - series.horizon + 1, series.stride)
+    rows = cuts[target_starts - series.window]
+    complete = np.isfinite(rows).all(axis=1)  # gaps: "drop" leaves these windows out
+    rows = rows[complete]
+    if len(rows) == 0:
+        raise DataError(
+            f"data '{series.name}': the {name} part (steps {start}..{end - 1}, "
+            f"{series.times[start]} to {series.times[end - 1]}) holds no complete window "
+            f"of {series.window} inputs and {series.horizon} targets without a gap. "
+            f"Give data.{name} more steps, or a shorter window or horizon."
+        )
+    features = torch.from_numpy(np.ascontiguousarray(rows[:, : series.window, None]))
+    targets = torch.from_numpy(np.ascontiguousarray(rows[:, series.window :]))
+    return Split(features, targets)
 
 
 def _forward_fill(values: np.ndarray) -> np.ndarray:

@@ -142,6 +142,8 @@ def doctor(run, *, quiet: bool = False) -> Diagnosis:
         >>> diagnosis.ids
         []
     """
+    if hasattr(run, "wait"):  # a run fit just wrote: its facts may still be being measured
+        run.wait()
     evidence, name = evidence_from(run)
     diagnosis = diagnose(evidence, name)
     if not quiet:
@@ -178,8 +180,9 @@ def diagnose(evidence: Evidence, name: str = "in-memory run") -> Diagnosis:
     return Diagnosis(ordered, notes, name)
 
 
-def evidence_from(run) -> tuple[Evidence, str]:
-    """The evidence a `Run` or a run directory holds, and the run's name."""
+def evidence_from(run, *, facts: dict | None = None) -> tuple[Evidence, str]:
+    """The evidence a `Run` or a run directory holds, and the run's name; `facts` measured
+    already stand in for any the run lacks."""
     if isinstance(run, str | Path):
         return _evidence_from_directory(Path(run)), Path(run).name
     history = list(run.history)
@@ -194,7 +197,9 @@ def evidence_from(run) -> tuple[Evidence, str]:
         config = run.config.model_dump(mode="json")
         config["model"] = _model_options(run.model)
     diagnostics = run.diagnostics
-    if (diagnostics is None or "facts" not in diagnostics) and run.data is not None:
+    if (diagnostics is None or "facts" not in diagnostics) and facts is not None:
+        diagnostics = {"samples": [], "layers": [], **(diagnostics or {}), "facts": facts}
+    elif (diagnostics is None or "facts" not in diagnostics) and run.data is not None:
         # Recording was off, or the run kept no directory (facts are measured at the end of fit
         # only for runs that write one): measure them now, from the data in hand.
         from torchloom.diagnosis.facts import run_facts

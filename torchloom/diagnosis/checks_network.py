@@ -100,12 +100,8 @@ def vanishing_gradients(evidence: Evidence) -> Verdict | None:
     )
 
 
-def exploding_gradients(evidence: Evidence) -> Verdict | None:
-    """Gradient norms that became non-finite, grew 100x, or grow toward the input."""
-    samples = evidence.samples
-    if not samples or not samples[0].get("grad_norm"):
-        return None
-    fix = {"trainer.clip_norm": 1.0}
+def _exploding_advice(evidence: Evidence) -> str:
+    """What to do about exploding gradients; regression targets on a large scale are named."""
     advice = (
         "clip gradients (trainer.clip_norm=1.0), lower the learning rate, use a scaled "
         "initialization (init.scheme=kaiming_uniform or xavier_uniform) and batch "
@@ -117,7 +113,11 @@ def exploding_gradients(evidence: Evidence) -> Verdict | None:
             f"; regression targets have std {number(targets['std'])}: scale them to about 1 "
             "(the loss, and so the gradients, grow with their square)"
         )
-    advice += "."
+    return advice + "."
+
+
+def _non_finite_gradients(samples: list[dict], advice: str, fix: dict) -> Verdict | None:
+    """An error at the first sampled step whose gradient norms hold a NaN or inf."""
     for sample in samples:
         norms = sample["grad_norm"]
         if any(not math.isfinite(value) for value in norms):
@@ -125,7 +125,7 @@ def exploding_gradients(evidence: Evidence) -> Verdict | None:
             largest = max(before[-1]["grad_norm"]) if before else None
             history = (
                 f"; at step {before[-1]['step']} the largest layer norm was {number(largest)}"
-                if before
+                if largest is not None
                 else ""
             )
             return Verdict(
@@ -137,6 +137,19 @@ def exploding_gradients(evidence: Evidence) -> Verdict | None:
                 {"step": sample["step"], "largest_before": largest},
                 fix,
             )
+    return None
+
+
+def exploding_gradients(evidence: Evidence) -> Verdict | None:
+    """Gradient norms that became non-finite, grew 100x, or grow toward the input."""
+    samples = evidence.samples
+    if not samples or not samples[0].get("grad_norm"):
+        return None
+    fix = {"trainer.clip_norm": 1.0}
+    advice = _exploding_advice(evidence)
+    non_finite = _non_finite_gradients(samples, advice, fix)
+    if non_finite is not None:
+        return non_finite
     totals = [(s, math.sqrt(sum(v * v for v in s["grad_norm"]))) for s in samples]
     start = totals[0][1]
     peak_sample, peak = max(totals, key=lambda item: item[1])

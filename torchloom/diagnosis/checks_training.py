@@ -62,6 +62,22 @@ def _lr(evidence: Evidence) -> float | None:
     return rates[0][1] if rates else evidence.option("optimizer", "lr")
 
 
+def _divergence_advice(lr: float | None) -> tuple[str, dict]:
+    """What to do about a diverging loss, and the config changes that do it: a learning rate
+    10x lower than `lr`, clipped gradients."""
+    fix = {"optimizer.lr": lr / 10} if lr else {}
+    fix["trainer.clip_norm"] = 1.0
+    advice = (
+        f"lower the learning rate 10x (optimizer.lr={number(lr / 10)})"
+        if lr
+        else "lower the learning rate 10x"
+    ) + (
+        ", clip gradients (trainer.clip_norm=1.0), check that inputs are scaled "
+        "(data.standardize: true), or let `torchloom lr-find` pick the rate."
+    )
+    return advice, fix
+
+
 def divergence(evidence: Evidence) -> Verdict | None:
     """NaN or infinite losses, or a loss that exploded far above its starting level."""
     train = evidence.series("train/loss")
@@ -78,16 +94,7 @@ def divergence(evidence: Evidence) -> Verdict | None:
     reference = chance if chance is not None else train[0][1]
     finite_train = _finite(train)
     lr = _lr(evidence)
-    fix = {"optimizer.lr": lr / 10} if lr else {}
-    fix["trainer.clip_norm"] = 1.0
-    advice = (
-        f"lower the learning rate 10x (optimizer.lr={number(lr / 10)})"
-        if lr
-        else "lower the learning rate 10x"
-    ) + (
-        ", clip gradients (trainer.clip_norm=1.0), check that inputs are scaled "
-        "(data.standardize: true), or let `torchloom lr-find` pick the rate."
-    )
+    advice, fix = _divergence_advice(lr)
     if bad:
         epoch, value, key = min(bad)
         before = [(e, v) for e, v in finite_train if e < epoch]
@@ -322,6 +329,28 @@ def early_stopping_epoch(values: list[float], patience: int) -> int | None:
     return None
 
 
+def _overfitting_advice(evidence: Evidence, stop: int | None) -> tuple[str, dict]:
+    """What to do about overfitting, and the config changes that do it: dropout, weight decay,
+    early stopping (`stop`: the epoch where it would have stopped), more data."""
+    stop_text = f" (it would have stopped at epoch {stop})" if stop else ""
+    dropout = evidence.option("model", "dropout", default=0)
+    fix: dict = {"trainer.early_stopping": {"monitor": "val/loss", "patience": 3}}
+    advice = []
+    if evidence.is_zoo_mlp:
+        suggested = 0.5 if dropout and dropout >= 0.3 else 0.3
+        advice.append(f"dropout after the hidden layers (model.dropout={suggested}; 0.2–0.5)")
+        fix["model.dropout"] = suggested
+    else:
+        advice.append("dropout 0.2–0.5 after the hidden layers")
+    decay = evidence.option("optimizer", "weight_decay", default=0)
+    new_decay = max(10 * decay, 1e-4) if decay else 1e-4
+    advice.append(f"weight decay (optimizer.weight_decay={number(new_decay)})")
+    fix["optimizer.weight_decay"] = new_decay
+    advice.append(f"early stopping with patience 3{stop_text}")
+    advice.append("or more data / augmentation")
+    return ", ".join(advice) + ".", fix
+
+
 def overfitting(evidence: Evidence) -> Verdict | None:
     """Validation loss rising from its best while the train loss keeps falling, or a large gap
     between train and validation accuracy."""
@@ -341,6 +370,7 @@ def overfitting(evidence: Evidence) -> Verdict | None:
     )
     findings = []
     if rise >= OVERFIT_RISE and final_epoch - best_epoch >= OVERFIT_MIN_EPOCHS and train_fell:
+        assert train_then is not None and train_now is not None  # train_fell checked them
         findings.append(
             f"val loss rose from epoch {best_epoch} ({number(best)} → {number(val[-1][1])} at "
             f"epoch {final_epoch}) while train loss fell ({number(train_then)} → "
@@ -362,27 +392,12 @@ def overfitting(evidence: Evidence) -> Verdict | None:
     if not findings:
         return None
     stop = early_stopping_epoch([value for _, value in val], patience=3)
-    stop_text = f" (it would have stopped at epoch {stop})" if stop else ""
-    dropout = evidence.option("model", "dropout", default=0)
-    fix: dict = {"trainer.early_stopping": {"monitor": "val/loss", "patience": 3}}
-    advice = []
-    if evidence.is_zoo_mlp:
-        suggested = 0.5 if dropout and dropout >= 0.3 else 0.3
-        advice.append(f"dropout after the hidden layers (model.dropout={suggested}; 0.2–0.5)")
-        fix["model.dropout"] = suggested
-    else:
-        advice.append("dropout 0.2–0.5 after the hidden layers")
-    decay = evidence.option("optimizer", "weight_decay", default=0)
-    new_decay = max(10 * decay, 1e-4) if decay else 1e-4
-    advice.append(f"weight decay (optimizer.weight_decay={number(new_decay)})")
-    fix["optimizer.weight_decay"] = new_decay
-    advice.append(f"early stopping with patience 3{stop_text}")
-    advice.append("or more data / augmentation")
+    advice, fix = _overfitting_advice(evidence, stop)
     return Verdict(
         "overfitting",
         "warning",
         "; ".join(findings) + ": the model overfits.",
-        ", ".join(advice) + ".",
+        advice,
         {
             "best_epoch": best_epoch,
             "best_val_loss": best,

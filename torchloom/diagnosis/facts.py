@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from torchloom.data import Split
+from torchloom.data import DatasetSplit, Split
 
 # Rows used for the training-split metrics and the linear baseline: enough for a stable estimate,
 # few enough that a big dataset adds well under a second to the end of fit.
@@ -23,7 +23,8 @@ MAX_STREAMED_BYTES = 16 * 2**20
 MIN_STREAMED_ROWS = 200
 # The baseline is skipped on wider inputs (an image as a vector), where fitting it gets slow.
 MAX_BASELINE_FEATURES = 1024
-# ... and fitted on at most this many training rows, which bounds its cost (~0.1 s).
+# ... and fitted on at most this many training rows, which bounds its cost whatever the data's
+# size.
 MAX_BASELINE_ROWS = 2000
 
 
@@ -82,11 +83,11 @@ def run_facts(run) -> dict:
     return facts
 
 
-def _size(split: Split | None) -> int | None:
+def _size(split: Split | DatasetSplit | None) -> int | None:
     """The split's sample count; None for an iterable dataset without a length."""
     if split is None:
         return 0
-    return None if split.streamed and not split.sized else len(split)
+    return None if isinstance(split, DatasetSplit) and not split.sized else len(split)
 
 
 def _subset(split: Split, limit: int) -> Split:
@@ -149,7 +150,7 @@ def duplicates(data) -> dict:
 
     Training rows are indexed by the hash of their bytes, and a held-out row whose hash matches
     is compared value by value: a set of the rows' bytes themselves held a second copy of the
-    training data (188 MB for 60,000 x 784 floats) at the end of every fit.
+    training data at the end of every fit.
     """
     held_out = [(name, getattr(data, name)) for name in ("val", "test")]
     held_out = [(name, split) for name, split in held_out if split is not None]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from torchloom.plotting import colormap
+from torchloom.plotting import figure as new_figure
+
 
 def plot_diagnostics(diagnostics: dict, path: Path) -> Path | None:
     """`diagnostics.png`: gradient norm of each weight layer over steps (log scale), and the share
@@ -13,14 +16,12 @@ def plot_diagnostics(diagnostics: dict, path: Path) -> Path | None:
     layers = diagnostics.get("layers") or []
     if not samples or not layers:
         return None
-    from torchloom.report import _figure
-
-    plt = _figure()
     steps = [sample["step"] for sample in samples]
-    figure, (gradients, activations) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = new_figure(figsize=(11, 4))
+    gradients, activations = figure.subplots(1, 2)
     # Many layers make an unreadable legend: show every layer, label at most 8 evenly spaced.
     label_every = max(1, math.ceil(len(layers) / 8))
-    colors = plt.cm.viridis([i / max(len(layers) - 1, 1) for i in range(len(layers))])
+    colors = colormap("viridis")([i / max(len(layers) - 1, 1) for i in range(len(layers))])
     for index, layer in enumerate(layers):
         values = [sample["grad_norm"][index] for sample in samples]
         points = [(s, v) for s, v in zip(steps, values, strict=True) if v > 0 and math.isfinite(v)]
@@ -49,5 +50,4 @@ def plot_diagnostics(diagnostics: dict, path: Path) -> Path | None:
         activations.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

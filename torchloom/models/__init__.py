@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.errors import TorchloomError, lookup, unknown_option_problems
 from torchloom.models.autoencoder import autoencoder, autoencoder_problems, conv_autoencoder
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.generative import conv_vae, dcgan, gan, generative_problems, vae
@@ -73,12 +73,7 @@ def names() -> list[str]:
 def option_problems(name: str, options: dict, where: str = "model") -> list[str]:
     """Unknown options for builder `name`, one line each with the closest known option."""
     known = list(inspect.signature(BUILDERS[name]).parameters)
-    problems = [
-        f"{where}.{key}: model '{name}' has no option '{key}'.{did_you_mean(key, known)} "
-        f"Options: {', '.join(known)}."
-        for key in options
-        if key not in known
-    ]
+    problems = unknown_option_problems(f"model '{name}'", options, known, where)
     check = OPTION_CHECKS.get(name)
     return problems + (check(options) if check else [])
 
@@ -146,7 +141,7 @@ def materialize(
         # every layer now, from the run's seed, whenever the builder was called.
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+                module.reset_parameters()  # type: ignore[operator]  # a method, not a Tensor
     if num_outputs is None:  # nothing to check (a generative model's outputs may be a tuple)
         return model
     if output.dim() == 4:

@@ -115,7 +115,8 @@ def conv_autoencoder(
         >>> conv_autoencoder()(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 64])
     """
-    return ConvAutoencoder(tuple(channels), image_channels, activation)
+    first, second = channels
+    return ConvAutoencoder((first, second), image_channels, activation)
 
 
 def autoencoder_problems(options: dict) -> list[str]:

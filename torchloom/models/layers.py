@@ -39,7 +39,7 @@ class OutputHead(nn.LazyLinear):
 
     def __init__(self, num_outputs: int | None = None):
         super().__init__(num_outputs or 0)
-        self.out_features = num_outputs
+        self.out_features = num_outputs  # type: ignore[assignment]  # None until the data sets it
 
 
 def input_linear(in_features: int | None, out_features: int) -> nn.Module:
@@ -67,7 +67,8 @@ class BatchNorm(nn.LazyBatchNorm1d):
     (batch, channels, length), sized on the first batch like every lazy layer."""
 
     def initialize_parameters(self, input) -> None:
-        self.cls_to_become = nn.BatchNorm2d if input.dim() == 4 else nn.BatchNorm1d
+        # The lazy 1-d base declares BatchNorm1d; this layer may become either.
+        self.cls_to_become = nn.BatchNorm2d if input.dim() == 4 else nn.BatchNorm1d  # type: ignore[assignment]
         super().initialize_parameters(input)
 
     def _check_input_dim(self, input) -> None:
@@ -150,6 +151,10 @@ def _positive_int(value, where: str) -> int:
     return value
 
 
+def _without_options(cls: type[nn.Module]) -> Callable[[object, str], nn.Module]:
+    return lambda size, where: cls()
+
+
 LAYERS: dict[str, Callable[[object, str], nn.Module]] = {
     "linear": _linear,
     "dropout": _dropout,
@@ -162,7 +167,7 @@ LAYERS: dict[str, Callable[[object, str], nn.Module]] = {
     "global_avg_pool": lambda size, where: GlobalAvgPool(),
     "layer_norm": lambda size, where: nn.LayerNorm(_positive_int(size, where)),
     "flatten": lambda size, where: nn.Flatten(),
-    **{name: (lambda size, where, cls=cls: cls()) for name, cls in ACTIVATIONS.items()},
+    **{name: _without_options(cls) for name, cls in ACTIVATIONS.items()},
 }
 
 
@@ -211,7 +216,7 @@ def layers(
     problems = layer_problems(layers)
     if problems:
         raise TorchloomError("; ".join(problems))
-    modules = []
+    modules: list[nn.Module] = []
     spatial = True  # the input may be an image until something flattens it
     for index, entry in enumerate(layers):
         module = _build_layer(entry, f"model.layers[{index}]")

@@ -9,12 +9,15 @@ batch when `in_features` is None, and the head's width from the data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from torchloom.models.layers import OutputHead, input_linear
 
-CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# Callables, not type[nn.RNNBase]: RNNBase's constructor takes a mode first, its subclasses don't.
+CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 OUTPUTS = ("last", "sequence")
 
 

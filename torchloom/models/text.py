@@ -12,6 +12,8 @@ left out, the embedding is sized by `torchloom.models.materialize` before traini
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -20,7 +22,8 @@ from torchloom.errors import TorchloomError
 from torchloom.models.layers import ACTIVATIONS, OutputHead
 
 PAD_ID = 0  # the same id as torchloom.data.text.PAD_ID (models never import data)
-CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+# Callables, not type[nn.RNNBase]: RNNBase's constructor takes a mode first, its subclasses don't.
+CELLS: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class TokenEmbedding(nn.Embedding):

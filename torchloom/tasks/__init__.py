@@ -51,7 +51,7 @@ def option_problems(name: str | None, options: dict) -> list[str]:
     data decides the task), one line each with the closest known option."""
     import inspect
 
-    from torchloom.errors import did_you_mean
+    from torchloom.errors import unknown_option_problems
 
     tasks = [TASKS[name]] if name in TASKS else list(TASKS.values())
     known = sorted(
@@ -63,12 +63,7 @@ def option_problems(name: str | None, options: dict) -> list[str]:
         }
     )
     where = f"task '{name}'" if name in TASKS else "any task"
-    problems = [
-        f"task_options.{key}: {where} has no option '{key}'.{did_you_mean(key, known)} "
-        f"Options: {', '.join(known) or 'none'}."
-        for key in options
-        if key not in known
-    ]
+    problems = unknown_option_problems(where, options, known, "task_options")
     if not problems and name in TASKS:
         try:  # the task checks its option values when made; do it now, before any data loads
             TASKS[name](1, None, **options)

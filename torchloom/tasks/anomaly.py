@@ -226,6 +226,6 @@ def _score_metrics_class():
     return ScoreMetrics
 
 
-def _ScoreMetrics(metrics: dict, task: Anomaly):  # noqa: N802 a class made on first use
-    # torchmetrics takes ~1 s to import: the class is defined only when a run evaluates.
+def _ScoreMetrics(metrics: dict, task: Anomaly):
+    # torchmetrics is a slow import: the class is defined only when a run evaluates.
     return _score_metrics_class()(metrics, task)

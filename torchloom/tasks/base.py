@@ -26,9 +26,11 @@ class Task:
     # False for tasks that learn from the inputs alone (vae, gan): they take any data, whatever
     # its targets, and the model is not sized to the targets.
     uses_targets: bool = True
-    # A task may define `train_step(model, inputs, targets, state) -> loss` (the batch's loss,
-    # detached or not): the loop then calls it instead of its inline zero_grad/forward/backward/
-    # step (a GAN's two updates). Everything else (logs, callbacks, checkpoints) stays the same.
+    # A task may define `train_step(model, inputs, targets, update) -> loss` (the batch's loss,
+    # detached or not): the loop then calls it instead of its own zero_grad/forward/backward/
+    # step (a GAN's two updates), handing it the run's `torchloom.train.step.Update` (autocast,
+    # the gradient scaler, clipping, non-finite skipping). Everything else (logs, callbacks,
+    # checkpoints) stays the same.
     train_step = None
 
     def __init__(

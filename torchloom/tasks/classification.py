@@ -15,7 +15,7 @@ class Classification(Task):
     default_loss = "cross_entropy"
 
     def metrics(self):
-        # torchmetrics takes ~1 s to import: only when a run evaluates something.
+        # torchmetrics is a slow import: only when a run evaluates something.
         from torchmetrics import MetricCollection
         from torchmetrics.classification import (
             MulticlassAccuracy,

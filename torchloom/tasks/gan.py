@@ -1,5 +1,5 @@
 """Generative adversarial networks: a generator and a discriminator, trained by the task's own
-step with one optimizer over both (two updates per batch).
+step with one optimizer over both (two updates per batch, each through the loop's `Update`).
 
 The model (`gan` or `dcgan`) holds `generator` and `discriminator`; its forward returns
 (batch, 2) discriminator logits for real inputs and as many generated samples, so evaluation
@@ -20,6 +20,7 @@ import torch
 
 from torchloom.losses import discriminator_loss, generator_loss
 from torchloom.tasks.base import Task
+from torchloom.train.step import Update
 
 
 class Adversarial(Task):
@@ -43,26 +44,30 @@ class Adversarial(Task):
         metrics["real_accuracy"].update((real_logits > 0).float())
         metrics["fake_accuracy"].update((fake_logits < 0).float())
 
-    def train_step(self, model, inputs, targets, state) -> torch.Tensor:
-        """One batch: a discriminator update, then a generator update. Returns the
-        discriminator's loss (what `train/loss` and `val/loss` report)."""
-        optimizer = state.optimizer
-        fake = model.generator(model.noise(len(inputs)))  # (batch, *sample_shape)
+    def train_step(self, model, inputs, targets, update: Update) -> torch.Tensor:
+        """One batch: a discriminator update, then a generator update, each through the loop's
+        `update` (mixed precision, clipping, non-finite skipping). Returns the discriminator's
+        loss (what `train/loss` and `val/loss` report)."""
+        with update.autocast():
+            fake = model.generator(model.noise(len(inputs)))  # (batch, *sample_shape)
 
         # 1. Discriminator: real -> 1, generated -> 0. Detached fakes: no generator gradients.
-        optimizer.zero_grad(set_to_none=True)
-        real_logits = model.discriminator(inputs)[:, 0]  # (batch,)
-        fake_logits = model.discriminator(fake.detach())[:, 0]
-        loss = discriminator_loss(real_logits, fake_logits)
-        loss.backward()
-        optimizer.step()  # the generator's grads are None: only the discriminator moves
+        update.zero_grad()
+        with update.autocast():
+            real_logits = model.discriminator(inputs)[:, 0]  # (batch,)
+            fake_logits = model.discriminator(fake.detach())[:, 0]
+            loss = discriminator_loss(real_logits, fake_logits)
+        update.backward(loss)
+        update.step(loss)  # the generator's grads are None: only the discriminator moves
 
         # 2. Generator: make the (just updated) discriminator call its samples real.
-        optimizer.zero_grad(set_to_none=True)
-        generator_loss(model.discriminator(fake)[:, 0]).backward()
+        update.zero_grad()
+        with update.autocast():
+            fooled = generator_loss(model.discriminator(fake)[:, 0])
+        update.backward(fooled)
         for parameter in model.discriminator.parameters():
             parameter.grad = None  # the discriminator is not updated on the generator's loss
-        optimizer.step()
+        update.step(fooled)
         return loss.detach()
 
     def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:

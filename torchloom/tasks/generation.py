@@ -114,7 +114,7 @@ class SampleGrids(Callback):
             save_grid(samples, self.plots / f"samples-epoch-{state.epoch + 1:03d}.png")
 
     def on_fit_end(self, state: TrainState) -> None:
-        if state.stop_now:  # interrupted: the grids come when the resumed run ends
+        if state.interrupted:  # interrupted: the grids come when the resumed run ends
             return
         model = state.model
         save_grid(self._pixels(model.sample(100, grid_generator())), self.plots / "samples.png")

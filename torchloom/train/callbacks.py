@@ -1,8 +1,10 @@
-"""Callbacks: small objects that read `state.logs` and set flags; six events, plain dispatch.
+"""Callbacks: small objects that read `state.logs` and set a flag; six events, plain dispatch.
 
 Events, in order: `on_fit_start`, `on_epoch_start`, `on_after_backward`, `on_batch_end`,
-`on_epoch_end`, `on_fit_end`. Each receives the `TrainState`. A callback implements only the
-events it needs; the dispatcher calls only those, so an unused event costs nothing per step.
+`on_epoch_end`, `on_fit_end`; `on_interrupt` after the step at which training was asked to stop
+now (the checkpoint saves there), and `on_checkpoint` before each save. Each receives the
+`TrainState`. A callback implements only the events it needs; the dispatcher calls only those,
+so an unused event costs nothing per step. Every hook is declared on `Callback`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from torchloom.config import mode_for
 from torchloom.errors import TorchloomError
+
+if TYPE_CHECKING:
+    from torchloom.data import BatchLoader
+    from torchloom.data.streaming import StreamLoader
+    from torchloom.train.setup import Setup
+    from torchloom.train.step import Schedule
 
 EVENTS = (
     "on_fit_start",
@@ -27,6 +35,8 @@ EVENTS = (
     "on_batch_end",
     "on_epoch_end",
     "on_fit_end",
+    "on_interrupt",
+    "on_checkpoint",
 )
 
 
@@ -47,51 +57,93 @@ class NonFiniteError(TorchloomError):
 
 @dataclass
 class TrainState:
-    """What callbacks see. They read it and set `stop`; they do not touch the batch.
+    """What callbacks see: the run's progress, and the objects being trained. Callbacks read it
+    and set `stop`; they do not touch the batch.
 
     Attributes:
-        model, optimizer: the objects being trained.
+        setup: the built run (`torchloom.train.setup.Setup`); `model`, `optimizer`, `loader`,
+            `schedule`, `scaler`, `num_epochs`, `steps_per_epoch` and `batch_size` read it.
         epoch: the current epoch, counted from 0.
         step: optimizer steps taken so far.
-        num_epochs, steps_per_epoch: the plan.
         logs: the latest epoch's flat metrics (`train/loss`, `val/accuracy`, `lr`, ...).
         step_logs: at a log interval, the step's metrics (`train/loss`, `lr`); else None.
         history: every epoch's logs so far.
-        stop: set to True to end training after this epoch.
-        stop_now: set to True to end training after this step (an interrupt).
+        stop: the one stop signal. False: keep training; True (or "epoch"): end after this
+            epoch; "now": end after this step (an interrupt: a checkpoint is saved there).
+        signal: the signal that asked to stop now (SIGINT or SIGTERM), else 0.
         run_dir: where the run writes, or None.
-        loader, schedule, scaler, callbacks: what a checkpoint must capture to resume exactly.
+        callbacks: the run's callbacks, in call order (checkpoints save their states).
         epoch_losses: this epoch's per-batch losses so far (on the device).
         epoch_sizes: this epoch's batch sizes so far, for a loader that cannot tell them ahead
             (an iterable dataset of unknown length); else empty.
         lr: the learning rate the last step used.
-        skipped_steps: steps skipped for non-finite values (with `nonfinite: skip`).
     """
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    num_epochs: int
-    steps_per_epoch: int
+    setup: Setup
     epoch: int = 0
     step: int = 0
     logs: dict[str, float] = field(default_factory=dict)
     step_logs: dict[str, float] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
-    stop: bool = False
-    stop_now: bool = False
-    interrupt_requested: int = 0  # the signal number of a pending SIGINT/SIGTERM
+    stop: bool | str = False
+    signal: int = 0
     run_dir: Path | None = None
-    batch_size: int = 0
-    loader: Any = None
-    schedule: Any = None
-    scaler: Any = None
-    callbacks: list = field(default_factory=list)
+    callbacks: list[Callback] = field(default_factory=list)
     epoch_losses: list[torch.Tensor] = field(default_factory=list)
-    epoch_sizes: list[int] = field(default_factory=list)  # batch sizes, when not known ahead
+    epoch_sizes: list[int] = field(default_factory=list)
     lr: float = 0.0
-    skipped_steps: int = 0
-    accumulate: int = 1
-    skip_nonfinite: bool = False
+
+    # --- the objects being trained, as built ----------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.setup.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.setup.optimizer
+
+    @property
+    def loader(self) -> BatchLoader | StreamLoader:
+        return self.setup.loader
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.setup.schedule
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.setup.update.scaler
+
+    @property
+    def num_epochs(self) -> int:
+        return self.setup.config.trainer.epochs
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.setup.steps_per_epoch
+
+    @property
+    def batch_size(self) -> int:
+        return self.setup.config.trainer.batch_size
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for non-finite values (with `nonfinite: skip`)."""
+        return self.setup.update.skipped_steps
+
+    @skipped_steps.setter
+    def skipped_steps(self, count: int) -> None:
+        self.setup.update.skipped_steps = count
+
+    # --- stopping ---------------------------------------------------------------------------
+    @property
+    def interrupted(self) -> bool:
+        """True once training was asked to stop after the current step."""
+        return self.stop == "now"
+
+    def interrupt(self, signum: int = 2) -> None:
+        """Stop after the current step, saving a checkpoint there, as SIGINT/SIGTERM do."""
+        self.stop, self.signal = "now", signum
 
     def check_finite(self, when: str) -> None:
         """Raise `NonFiniteError` if this epoch's losses or the weights hold NaN/inf.
@@ -100,7 +152,7 @@ class TrainState:
         """
         parameters = list(self.model.parameters())
         losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(1)
-        if self.skip_nonfinite:  # skipped steps' losses are left out of the epoch's mean
+        if self.setup.update.skip_nonfinite:  # skipped steps' losses are left out of the mean
             losses = torch.zeros(1)
         finite = torch.stack(
             [torch.isfinite(losses).all(), *(torch.isfinite(p).all() for p in parameters)]
@@ -114,8 +166,9 @@ class TrainState:
             self.history.append({"epoch": self.epoch + 1, "train/loss": loss, "lr": self.lr})
         first_step = self.step
         if self.epoch_losses and len(bad):
-            steps_before = self.step - -(-len(self.epoch_losses) // self.accumulate)
-            first_step = steps_before + int(bad[0]) // self.accumulate + 1
+            accumulate = self.setup.config.trainer.accumulate
+            steps_before = self.step - -(-len(self.epoch_losses) // accumulate)
+            first_step = steps_before + int(bad[0]) // accumulate + 1
         raise NonFiniteError(
             f"training stopped at step {first_step} (epoch {self.epoch + 1}), found when "
             f"{when}: {describe_nonfinite(self.model, losses)} Lower the learning rate "
@@ -141,7 +194,19 @@ def describe_nonfinite(model: nn.Module, losses: torch.Tensor) -> str:
 
 
 class Callback:
-    """Base class; override the events you need."""
+    """Base class; override the events and hooks you need.
+
+    Besides the six loop events, a callback may override:
+    - `on_interrupt(state)`: after the step at which training was asked to stop now
+      (SIGINT/SIGTERM or `state.interrupt()`), before the loop ends (the checkpoint saves);
+    - `on_checkpoint(state)`: just before a checkpoint is written (a sink flushes its file, so
+      the logs up to that step are on disk before the checkpoint is);
+    - `on_run_finished(run_dir)`: once the run directory is complete (an MLflow sink uploads
+      it);
+    - `state_dict()` / `load_state_dict(saved)`: what a checkpoint keeps of the callback, a
+      JSON-able dict whose optional "tensors" entry maps names to tensors (saved with
+      safetensors); None (the default) keeps nothing.
+    """
 
     def on_fit_start(self, state: TrainState) -> None: ...
     def on_epoch_start(self, state: TrainState) -> None: ...
@@ -149,6 +214,14 @@ class Callback:
     def on_batch_end(self, state: TrainState) -> None: ...
     def on_epoch_end(self, state: TrainState) -> None: ...
     def on_fit_end(self, state: TrainState) -> None: ...
+    def on_interrupt(self, state: TrainState) -> None: ...
+    def on_checkpoint(self, state: TrainState) -> None: ...
+    def on_run_finished(self, run_dir: Path) -> None: ...
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, saved: dict) -> None: ...
 
 
 class Dispatcher:
@@ -248,7 +321,7 @@ class EarlyStopping(Callback):
     def on_fit_end(self, state: TrainState) -> None:
         # The final model is the best one seen, whether or not training stopped early; an
         # interrupted run keeps its weights as they are, for resuming.
-        if state.stop_now:
+        if state.interrupted:
             return
         if self.restore_best and self.best_weights is not None:
             state.model.load_state_dict(self.best_weights)
@@ -269,16 +342,17 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def catch_interrupts(state: TrainState):
-    """While training, turn SIGINT/SIGTERM into a request that `InterruptHandler` serves after
-    the current step, instead of dying mid-write. A second signal interrupts at once."""
+    """While training, turn SIGINT/SIGTERM into `state.stop = "now"`, which the loop serves
+    after the current step (the checkpoint saves there), instead of dying mid-write. A second
+    signal interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
     def request(signum, frame):
-        if state.interrupt_requested:  # asked twice: stop now, whatever is in flight
+        if state.interrupted:  # asked twice: stop now, whatever is in flight
             raise KeyboardInterrupt
-        state.interrupt_requested = signum
+        state.interrupt(signum)
 
     previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -286,16 +360,3 @@ def catch_interrupts(state: TrainState):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-class InterruptHandler(Callback):
-    """After a step during which SIGINT/SIGTERM arrived: save a checkpoint, stop at once."""
-
-    def __init__(self, checkpoint=None):
-        self.checkpoint = checkpoint
-
-    def on_batch_end(self, state: TrainState) -> None:
-        if state.interrupt_requested and not state.stop_now:
-            if self.checkpoint is not None:
-                self.checkpoint.save(state, value=None)
-            state.stop_now = True

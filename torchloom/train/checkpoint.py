@@ -68,8 +68,13 @@ def decode(value):
     return value
 
 
-def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) -> Path:
-    """Write a checkpoint folder atomically; returns its final path."""
+def save_checkpoint(
+    folder: Path, state: TrainState, extra: dict | None = None, *, epoch: int | None = None
+) -> Path:
+    """Write a checkpoint folder atomically; returns its final path.
+
+    `epoch`: the epoch a resume runs (or continues) next; by default the current one (a save
+    mid-epoch), the next one for a save at an epoch's end."""
     folder = Path(folder)
     staging = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -93,8 +98,9 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
         tensors["epoch.losses"] = torch.stack(state.epoch_losses).float()
     callback_states = {}
     for callback in state.callbacks:
-        if hasattr(callback, "state_dict"):
-            saved = callback.state_dict()
+        saved = callback.state_dict()
+        if saved is not None:
+            saved = dict(saved)
             for name, tensor in saved.pop("tensors", {}).items():
                 tensors[f"callback.{type(callback).__name__}.{name}"] = tensor
             callback_states[type(callback).__name__] = saved
@@ -107,7 +113,7 @@ def save_checkpoint(folder: Path, state: TrainState, extra: dict | None = None) 
         {
             "format": FORMAT,
             "version": __version__,
-            "epoch": state.epoch,  # the epoch to run (or continue) next
+            "epoch": state.epoch if epoch is None else epoch,  # the epoch to run next
             "step": state.step,
             "lr": state.lr,
             "skipped_steps": state.skipped_steps,
@@ -219,7 +225,7 @@ def restore(state: TrainState, checkpoint: dict) -> None:
     callback_states = decode(info["callbacks"])
     for callback in state.callbacks:
         name = type(callback).__name__
-        if hasattr(callback, "load_state_dict") and name in callback_states:
+        if name in callback_states:
             prefix = f"callback.{name}."
             tensors = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
             callback.load_state_dict({**callback_states[name], "tensors": tensors})
@@ -282,7 +288,6 @@ class Checkpoint(Callback):
         self.directory = Path(directory)
         self.interval = interval
         self.last_save = 0.0
-        self.before_save: list = []
         self.keep_last = keep_last
         self.monitor = monitor
         self.mode = mode_for(monitor, mode)
@@ -305,25 +310,25 @@ class Checkpoint(Callback):
     def on_fit_start(self, state: TrainState) -> None:
         self.last_save = time.monotonic()
 
+    def on_interrupt(self, state: TrainState) -> None:
+        self.save(state, value=None)  # mid-epoch: resumes at this step
+
     def on_epoch_end(self, state: TrainState) -> None:
-        if state.stop_now:  # interrupted mid-epoch: the signal handler saved already
-            return
+        # An interrupt that arrived after the epoch's last step stops here: `stop` is set, so
+        # this is the final save.
         final = state.epoch + 1 == state.num_epochs or state.stop
         if not final and time.monotonic() - self.last_save < self.interval:
             return  # short epochs: at most one checkpoint per `interval` seconds
-        state.epoch += 1  # the checkpoint resumes at the next epoch
-        try:
-            self.save(state, state.logs.get(self.monitor))
-        finally:
-            state.epoch -= 1
+        # The epoch is done: the checkpoint resumes at the next one.
+        self.save(state, state.logs.get(self.monitor), epoch=state.epoch + 1)
 
-    def save(self, state: TrainState, value: float | None) -> Path:
+    def save(self, state: TrainState, value: float | None, epoch: int | None = None) -> Path:
         state.check_finite("saving a checkpoint")
-        for sync in self.before_save:  # logs up to this step must be on disk before it is
-            sync()
+        for callback in state.callbacks:  # logs up to this step reach disk before it does
+            callback.on_checkpoint(state)
         self.last_save = time.monotonic()
         name = f"step-{state.step:08d}"
-        path = save_checkpoint(self.directory / name, state, {"monitor": self.monitor})
+        path = save_checkpoint(self.directory / name, state, {"monitor": self.monitor}, epoch=epoch)
         if name not in self.saved:
             self.saved.append(name)
         if value is not None and (

@@ -29,9 +29,10 @@ ACTIVATION_KINDS: dict[type[nn.Module], str] = {
 # local derivative is below ~0.01 (sigmoid) or ~0.02 (tanh), so little gradient flows through.
 SATURATION_MARGIN = 0.01
 # Past this many samples, every second one is dropped and the stride doubles, so a long run's
-# diagnostics.json stays small (about a megabyte for a 20-layer network).
+# diagnostics.json stays small: its size grows with the layers, not with the steps.
 MAX_SAMPLES = 1000
-# Samples kept as device tensors before one transfer brings them to the host (a few KB each).
+# Samples kept as device tensors before one transfer brings them to the host (a few numbers a
+# layer each).
 PENDING_LIMIT = 64
 
 
@@ -57,14 +58,15 @@ def activation_statistic(kind: str, output: torch.Tensor) -> torch.Tensor:
         else:
             per_unit = output.reshape(-1, 1, 1)
         # A unit is alive when its largest output is above 0 (a NaN maximum: dead). One
-        # reduction: `(per_unit > 0).any(2).any(0)` gives the same and costs twice as much.
+        # reduction: `(per_unit > 0).any(2).any(0)` gives the same but writes a boolean copy of the
+        # output and reduces it twice.
         return (per_unit.amax(dim=(0, 2)) > 0).logical_not().float().mean()
     if kind == "sigmoid":
         return ((output < SATURATION_MARGIN) | (output > 1 - SATURATION_MARGIN)).float().mean()
     return (output.abs() > 1 - SATURATION_MARGIN).float().mean()
 
 
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _norms(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
     """(len(tensors),) float32 2-norms, in one fused kernel per device and dtype."""
     if not tensors:
         return torch.zeros(0)
@@ -110,7 +112,7 @@ class DiagnosticsRecorder(Callback):
                 owner = modules.get(name.rpartition(".")[0], state.model)
                 self.layers.append((name, parameter, type(owner).__name__))
         self.activation_modules = []
-        self.activation_inputs: dict[str, str] = {}  # activation -> the weight layer before it
+        self.activation_inputs = {}  # activation -> the weight layer before it
         previous = None
         for name, module in state.model.named_modules():
             if getattr(module, "weight", None) is not None and module is not state.model:
@@ -139,7 +141,7 @@ class DiagnosticsRecorder(Callback):
     def on_batch_end(self, state: TrainState) -> None:
         if self.current is not None and self.weights_before is not None:
             after = [p.detach() for _, p, _ in self.layers]
-            steps = torch._foreach_sub(after, self.weights_before) if after else []
+            steps = torch._foreach_sub(after, self.weights_before) if after else ()
             ratios = _norms(steps) / _norms(self.weights_before).clamp_min(1e-12)
             self.current["update_ratio"] = ratios
             self.current["step"] = state.step

@@ -2,8 +2,9 @@
 
 `output: {mlflow: true}` logs to `sqlite:///<output.dir>/mlflow.db` (artifacts under
 `<output.dir>/mlartifacts`); `output.mlflow_uri` names another store or a server. MLflow is
-imported only when a run asks for it (the import takes ~1.5 s), and a fresh sqlite store costs
-~1.5 s more the first time (MLflow creates its tables through alembic migrations).
+imported only when a run asks for it (it brings a large tree of dependencies that other runs
+would pay for at start-up), and a fresh sqlite store is slower to open the first time (MLflow
+creates its tables through alembic migrations).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from torchloom.errors import TorchloomError
 from torchloom.io import atomic_write_json
@@ -45,7 +47,8 @@ def import_mlflow():
 
 
 def check_installed() -> None:
-    """Raise the missing-extra error without importing mlflow (which takes ~1.5 s)."""
+    """Raise the missing-extra error without importing mlflow (a slow import, which the check
+    before the run directory is made should not pay)."""
     import importlib.util
 
     if importlib.util.find_spec("mlflow") is None:
@@ -92,7 +95,7 @@ class MlflowSink(Callback):
         self.run_dir = Path(run_dir)
         self.uri = uri or default_uri(self.run_dir)
         self.experiment = experiment
-        self.client = None
+        self.client: Any = None  # an mlflow.MlflowClient from on_fit_start (mlflow is optional)
         self.run_id: str | None = None
         self.pending: list = []  # mlflow.entities.Metric objects not yet sent
         self.seconds = 0.0  # time spent in MLflow calls, for the overhead figure
@@ -163,11 +166,11 @@ class MlflowSink(Callback):
         if self.client is None:
             return
         self.flush()
-        finished = len(state.history) >= state.num_epochs or state.stop or state.stop_now
+        finished = len(state.history) >= state.num_epochs or bool(state.stop)
         if not finished:  # an error ended training; the run directory gets no summary either
             self.client.set_terminated(self.run_id, status="FAILED")
 
-    def log_run_dir(self, run_dir: Path) -> None:
+    def on_run_finished(self, run_dir: Path) -> None:
         """Upload the finished run directory's files and close the MLflow run with its status
         (called by `fit` after the final weights, summary and report are written)."""
         if self.client is None:

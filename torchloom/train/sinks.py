@@ -6,9 +6,14 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torchloom.io import atomic_write_text
 from torchloom.train.callbacks import Callback, TrainState
+
+if TYPE_CHECKING:  # imported when used: both are slow imports a quiet run never pays
+    from rich.progress import Progress, TaskID
+    from torch.utils.tensorboard import SummaryWriter
 
 
 class JsonlSink(Callback):
@@ -63,8 +68,11 @@ class JsonlSink(Callback):
         self.write({"kind": "epoch", "step": state.step, **state.logs})
         self.epochs_written += 1
 
+    def on_checkpoint(self, state: TrainState) -> None:
+        self.sync()
+
     def sync(self) -> None:
-        """Make the lines so far durable; the checkpoint calls this before each save."""
+        """Make the lines so far durable (before each checkpoint is written)."""
         if self.descriptor is not None:
             self.flush()
             os.fsync(self.descriptor)
@@ -105,11 +113,12 @@ class EventFile:
     writer and protos.
 
     `SummaryWriter` hands every event to a writer thread; for an epoch of a few milliseconds
-    that thread's wake-up and its turn on the GIL cost more than the event (~0.5 ms against
-    ~30 µs here). Scalars are kept as plain values and turned into events (protos, checksums)
-    and written together at most every `flush_seconds`, on `sync` and on close: in a tight
-    batch, an event costs a third of what it costs alone between two epochs. A killed process
-    loses at most that much, and readers skip a cut-off record.
+    that thread's wake-up and its turn on the GIL cost more than building and writing the event
+    itself. Scalars are kept as plain values and turned into events (protos, checksums) and
+    written together at most every `flush_seconds`, on `sync` and on close: the events of many
+    short epochs then share one write, instead of each epoch paying its own (docs/benchmarks.md
+    has the measurement). A killed process loses at most that much, and readers skip a cut-off
+    record.
 
     Args:
         log_dir: the folder (a run directory).
@@ -185,7 +194,8 @@ class TensorBoardSink(Callback):
         histogram_every: optimizer steps between histograms of every parameter and its gradient;
             None or 0: none (each one copies every parameter to the host).
         graph: trace the model on two training samples and log its graph, when training ends
-            (tracing takes ~0.5 s, which would delay the first step). A model that cannot be
+            (tracing runs the model through the JIT tracer, which takes far longer than a
+            training step and would delay the first one). A model that cannot be
             traced gets a warning.
     """
 
@@ -193,7 +203,7 @@ class TensorBoardSink(Callback):
         self.log_dir = str(log_dir)
         self.histogram_every = histogram_every or 0
         self.graph = graph
-        self.writer = None  # SummaryWriter, for the graph and histograms
+        self.writer: SummaryWriter | None = None  # for the graph and histograms
         self.scalars: EventFile | None = None
         self.graph_pending = False
 
@@ -202,8 +212,9 @@ class TensorBoardSink(Callback):
 
         # On resume, TensorBoard drops what an earlier process logged after the checkpoint.
         purge = state.step + 1 if state.step > 0 else None
-        # The graph is traced when training ends: tracing costs ~0.5 s, which would otherwise
-        # delay the first step. A resumed run has its graph from the first process.
+        # The graph is traced when training ends: tracing takes far longer than a training step
+        # and would otherwise delay the first one. A resumed run has its graph from the first
+        # process.
         self.graph_pending = self.graph and state.step == 0 and state.loader is not None
         if self.histogram_every:
             self.writer = SummaryWriter(self.log_dir, purge_step=purge)
@@ -214,6 +225,7 @@ class TensorBoardSink(Callback):
         no batch-norm statistic changes, so the run stays what it would be without a graph."""
         import warnings
 
+        assert self.writer is not None  # on_fit_end makes it first
         was_training = model.training
         model.eval()
         try:
@@ -232,8 +244,10 @@ class TensorBoardSink(Callback):
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.step_logs is not None:
+            assert self.scalars is not None  # opened in on_fit_start
             self.scalars.add_scalars(state.step_logs, state.step, prefix="step/")
         if self.histogram_every and state.step % self.histogram_every == 0:
+            assert self.writer is not None  # on_fit_start makes it when histograms are on
             # After the step: the weights it produced and the (unscaled) gradients it used,
             # which stay in .grad until the next step's zero_grad.
             for name, parameter in state.model.named_parameters():
@@ -243,9 +257,10 @@ class TensorBoardSink(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         # Every scalar's x axis is the optimizer step, so a resume can purge by step.
+        assert self.scalars is not None  # opened in on_fit_start
         self.scalars.add_scalars(state.logs, state.step)
 
-    def sync(self) -> None:
+    def on_checkpoint(self, state: TrainState) -> None:
         if self.scalars is not None:
             self.scalars.sync()
 
@@ -280,19 +295,19 @@ class ProgressBar(Callback):
     `flush_seconds` and when training ends: epochs of a few milliseconds would otherwise pay a
     system call each (stderr is line-buffered, and a pipe wakes its reader on each write).
 
-    In a terminal, rich redraws the whole display (~0.7 ms here) for each line printed above the
-    bar and for each `reset` of the bar. Epochs shorter than `flush_seconds` therefore print
-    their lines above the bar in one batch at most every `flush_seconds`, and restart the bar
-    without `reset` (its redraw would cost more than such an epoch's logging); the bar redraws
-    5 times a second on its own.
+    In a terminal, rich redraws the whole display for each line printed above the bar and for
+    each `reset` of the bar. Epochs shorter than `flush_seconds` therefore print their lines
+    above the bar in one batch at most every `flush_seconds`, and restart the bar without
+    `reset` (its redraw would cost more than such an epoch's logging); the bar redraws 5 times
+    a second on its own.
     """
 
     def __init__(self, console=None, flush_seconds: float = 1.0):
         from rich.console import Console
 
         self.console = console or Console(stderr=False)
-        self.progress = None
-        self.task_id = None
+        self.progress: Progress | None = None
+        self.task_id: TaskID | None = None
         self.epoch_started = 0.0
         self.update_every = 1
         self.flush_seconds = flush_seconds
@@ -327,7 +342,11 @@ class ProgressBar(Callback):
         self.epoch_started = time.perf_counter()
         if self.progress is not None:
             # Every field the columns render: rich's `reset` replaces the task's fields.
-            fields = {"epoch": f"{state.epoch + 1}/{state.num_epochs}", "loss": "-", "speed": ""}
+            fields: dict[str, Any] = {
+                "epoch": f"{state.epoch + 1}/{state.num_epochs}",
+                "loss": "-",
+                "speed": "",
+            }
             if self.task_id is None:
                 self.task_id = self.progress.add_task(
                     "train", total=state.steps_per_epoch, **fields
@@ -344,6 +363,7 @@ class ProgressBar(Callback):
     def on_batch_end(self, state: TrainState) -> None:
         if self.progress is None:
             return
+        assert self.task_id is not None  # added in on_epoch_start
         if state.step_logs is not None:
             elapsed = max(time.perf_counter() - self.epoch_started, 1e-9)
             done = state.step - state.epoch * state.steps_per_epoch
@@ -370,8 +390,9 @@ class ProgressBar(Callback):
 
     def _print_lines(self) -> None:
         """The pending epoch lines, in one write: above the live bar through rich, or as plain
-        text to a log file or pipe (rich's rendering costs ~0.3 ms a line there; and stderr,
-        line-buffered, would make each line a system call of its own)."""
+        text to a log file or pipe (there rich would still render each line through its markup
+        and layout, which a plain write skips; and stderr, line-buffered, would make each line a
+        system call of its own)."""
         if not self.lines:
             return
         text = "\n".join(self.lines)

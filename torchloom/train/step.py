@@ -1,21 +1,21 @@
 """The optional parts of a training step, as objects that do nothing when turned off.
 
 A disabled `GradScaler`, a `nullcontext` and a no-op schedule cost a function call each. The
-loop still skips the scaler and the clipper when they are off (a few µs a step, which the
-short steps of a small model notice; see docs/benchmarks.md).
+loop still skips the scaler and the clipper when they are off (each call is a fixed cost per
+step, which the short steps of a small model notice; see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from torchloom.config import mode_for
-from torchloom.errors import TorchloomError, did_you_mean, lookup
+from torchloom.errors import TorchloomError, lookup, unknown_option_problems
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # torch.compile modes that replay the compiled graphs as CUDA graphs (on a CUDA device).
@@ -75,6 +75,86 @@ class GradientClipper:
         if self.max_value is not None:
             torch.nn.utils.clip_grad_value_(parameters, self.max_value)
         return norm
+
+
+class Update:
+    """One optimizer update with the run's precision, clipping and non-finite handling.
+
+    The loop's step uses it, and a task that runs its own step (a GAN's two updates per batch)
+    is handed the same object, so it keeps mixed precision, the gradient scaler, clipping and
+    `nonfinite: skip`. Disabled parts are skipped, not called: the short steps of a small model
+    notice a few calls per step.
+
+    Attributes:
+        optimizer: the optimizer it steps.
+        parameters: the trainable parameters (what clipping and the gradient norm cover).
+        skipped_steps: updates skipped for a non-finite loss or gradient so far (checkpointed).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        scaler: torch.amp.GradScaler | None = None,
+        clip: GradientClipper | None = None,
+        skip_nonfinite: bool = False,
+    ):
+        self.optimizer = optimizer
+        self.autocast = autocast
+        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+        self.clip = clip or GradientClipper()
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        # What optimizer.zero_grad(set_to_none=True) resets, taken once: the call itself adds
+        # a profiler range and a dynamo guard per step. A parameter group added during fit (by
+        # a user callback) would need zero_grad itself.
+        self.optimized = [p for group in optimizer.param_groups for p in group["params"]]
+        self.parameters = [p for p in self.optimized if p.requires_grad]
+        self.scaling = self.scaler.is_enabled()
+        self.clipping = self.clip.max_norm is not None or self.clip.max_value is not None
+
+    def zero_grad(self) -> None:
+        """optimizer.zero_grad(set_to_none=True), without its per-call overhead."""
+        for parameter in self.optimized:
+            parameter.grad = None
+
+    def backward(self, loss: torch.Tensor, weight: float = 1.0) -> None:
+        """loss.backward(), with the loss weighted (a micro-batch's share of an accumulated
+        step) and scaled under fp16."""
+        scaled = loss if weight == 1.0 else loss * weight
+        (self.scaler.scale(scaled) if self.scaling else scaled).backward()
+
+    def step(self, loss: torch.Tensor, want_norm: bool = False) -> tuple[bool, torch.Tensor | None]:
+        """optimizer.step() on the gradients `backward` left: unscaled under fp16, clipped, and
+        skipped when `nonfinite: skip` finds the loss or a gradient non-finite.
+
+        Returns:
+            (stepped, the gradient norm before clipping, or None when neither clipping by norm
+            nor `want_norm` asked for it).
+        """
+        if self.scaling:
+            self.scaler.unscale_(self.optimizer)  # clip and log true gradients under fp16
+        want_norm = want_norm or self.skip_nonfinite
+        norm = self.clip(self.parameters, want_norm) if self.clipping or want_norm else None
+        if self.skip_nonfinite and not step_is_finite(loss, norm):  # opt-in: a sync per step
+            self.zero_grad()
+            if self.scaling:
+                self.scaler.update()
+            self.skipped_steps += 1
+            return False, norm
+        if self.scaling:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return True, norm
+
+
+def step_is_finite(loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+    """True when the loss and the gradient norm are finite (one host sync)."""
+    values = loss.detach().float() if grad_norm is None else torch.stack([loss.detach(), grad_norm])
+    return bool(torch.isfinite(values).all())
 
 
 def accumulation_weights(batch_sizes: list[int], accumulate: int) -> list[float]:
@@ -194,12 +274,7 @@ SCHEDULERS: dict[str, tuple[Callable, bool, tuple[str, ...]]] = {
 def scheduler_problems(name: str, options: dict, where: str = "scheduler") -> list[str]:
     """Unknown options for scheduler `name`, one line each, with the closest known."""
     known = SCHEDULERS[name][2]
-    return [
-        f"{where}.{key}: scheduler '{name}' has no option '{key}'.{did_you_mean(key, known)} "
-        f"Options: {', '.join(known)}."
-        for key in options
-        if key not in known
-    ]
+    return unknown_option_problems(f"scheduler '{name}'", options, known, where)
 
 
 def make_schedule(
@@ -223,17 +298,15 @@ def make_schedule(
     return Schedule(scheduler, per_step, monitor)
 
 
-def parameters_with_grad(parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    return [p for p in parameters if p.requires_grad]
-
-
 __all__ = [
     "CUDA_GRAPH_MODES",
     "GradientClipper",
     "Schedule",
+    "Update",
     "accumulation_weights",
     "autocast_factory",
     "compiled",
     "grad_scaler",
     "make_schedule",
+    "step_is_finite",
 ]
