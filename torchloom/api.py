@@ -354,7 +354,8 @@ def _dataset_options(config: Config, data: Data) -> dict:
     if not data.streamed:
         return {}
     section = config.data
-    read = {"num_workers": section.num_workers, "val": section.val, "test": section.test}
+    read: dict[str, object] = {"num_workers": section.num_workers, "val": section.val}
+    read["test"] = section.test
     read.update(seed=section.seed, input_key=section.input_key, target_key=section.target_key)
     return {"data": {**data.spec, **read}}
 

@@ -16,7 +16,7 @@ from torchloom import init as init_module
 from torchloom import models, optim
 from torchloom import transfer as transfer_module
 from torchloom.config import Config, ConfigError
-from torchloom.data import Augment, BatchLoader, Data
+from torchloom.data import Augment, BatchLoader, Data, DatasetSplit, Split
 from torchloom.data.placement import place
 from torchloom.errors import DataError, did_you_mean
 from torchloom.tasks import TASKS, make_task
@@ -120,8 +120,8 @@ def build(
     model = model.to(device)
     if optimizer is None:
         optimizer = _fresh_model(model, sample, data, task, config, device)
-    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
-    loss_fn = task.wrap_loss(loss_fn).to(device)
+    criterion = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_fn = task.batch_loss(criterion.to(device))  # loss(outputs, inputs, targets)
     # 0: an iterable dataset of unknown length (no per-step schedule, no accumulation)
     steps_per_epoch = 0 if loader.batch_sizes is None else -(-len(loader) // trainer.accumulate)
     forward = world.wrap(model, device, trainer.sync_batchnorm) if world.active else model
@@ -172,12 +172,12 @@ def _training_batches(data: Data, task, config: Config, device, world: World):
         _check_batches(loader, data, trainer.batch_size)
         return data, loader, loader.example_inputs()
     # On the device for the whole run, or (too big for the GPU) the training split on the host.
-    trained_on, on_device = place(
-        task.prepare_data(data), device, trainer.data_on_device, trainer.channels_last
-    )
+    trained_on, on_device = place(data, device, trainer.data_on_device, trainer.channels_last)
+    train = trained_on.train
+    assert isinstance(train, Split)  # in-memory data: every split is tensors
     loader = BatchLoader(
-        trained_on.train.features,
-        trained_on.train.targets,
+        train.features,
+        train.targets,
         trainer.batch_size,
         shuffle=trainer.shuffle,
         seed=trainer.seed,
@@ -188,7 +188,7 @@ def _training_batches(data: Data, task, config: Config, device, world: World):
         device=None if on_device else device,
     )
     _check_batches(loader, data, trainer.batch_size)
-    sample = trained_on.train.features[:2].to(device)  # (2, ...) for lazy layers
+    sample = train.features[:2].to(device)  # (2, ...) for lazy layers
     return trained_on, loader, sample
 
 
@@ -225,6 +225,8 @@ def stream_loader(data: Data, task, config: Config, device: torch.device, world:
     says once what resuming it can promise."""
     from torchloom.data.streaming import StreamLoader, auto_workers
 
+    train = data.train
+    assert isinstance(train, DatasetSplit)  # streamed data: every split is a dataset's
     trainer = config.trainer
     workers = config.data.num_workers
     workers = auto_workers() if workers == "auto" else workers
@@ -237,7 +239,7 @@ def stream_loader(data: Data, task, config: Config, device: torch.device, world:
             source="config",
         )
     loader = StreamLoader(
-        data.train,
+        train,
         trainer.batch_size,
         shuffle=trainer.shuffle,
         seed=trainer.seed,
@@ -246,10 +248,10 @@ def stream_loader(data: Data, task, config: Config, device: torch.device, world:
         rank=world.rank,
         world_size=world.size,
         device=device,
-        check=BatchCheck(task, data.train.name),
+        check=BatchCheck(task, train.name),
     )
-    for split in (data.train, data.val, data.test):
-        if split is not None:
+    for split in (train, data.val, data.test):
+        if isinstance(split, DatasetSplit):
             split.workers = loader.num_workers  # its evaluation loader reads alike
             split.check = BatchCheck(task, split.name)
     unsized = loader.batch_sizes is None
@@ -265,11 +267,11 @@ def stream_loader(data: Data, task, config: Config, device: torch.device, world:
     if problems:
         raise ConfigError(problems, source="config")
     if world.is_main:
-        user = data.train.user_loader
+        user = train.user_loader
         what = (
             f"your DataLoader (batch {loader.batch_size}, {loader.num_workers} workers)"
             if user is not None
-            else f"{type(data.train.dataset).__name__} (batch {loader.batch_size}, "
+            else f"{type(train.dataset).__name__} (batch {loader.batch_size}, "
             f"{loader.num_workers} workers)"
         )
         print(
@@ -322,7 +324,8 @@ def _to_channels_last(model: nn.Module, sample: torch.Tensor) -> None:
             stacklevel=6,  # the user's fit() or fit_config() call
         )
         return
-    model.to(memory_format=torch.channels_last)  # conv weights (out, in, kh, kw) restrided
+    # Conv weights (out, in, kh, kw) restrided; torch's type stubs lack this overload of `to`.
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _augment_for(config: Config, data: Data) -> Augment | None:

@@ -109,7 +109,7 @@ def _sweep(setup, start_lr, end_lr, num_steps, smoothing, diverge):
             group["lr"] = rate
         update.zero_grad()
         with update.autocast():
-            loss = setup.loss_fn(setup.forward(inputs), targets)
+            loss = setup.loss_fn(setup.forward(inputs), inputs, targets)
         update.backward(loss)
         update.step(loss)  # the run's precision and clipping, as fit would step
         value = loss.item()  # the sweep needs every loss

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ class ReportParts:
     """What the report shows; drawing and writing it (`render_report`) needs nothing else, so
     it can run on a thread."""
 
-    run: object  # the Run, read for its directory, task and config text only
+    run: Any  # the Run, read for its directory, task and config text only
     summary: dict
     history: list[dict]
     diagnostics: dict | None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,7 +14,11 @@ from torchloom.data import Data, Preprocess, Split
 from torchloom.data.preprocess import arrange_inputs
 from torchloom.errors import DataError
 from torchloom.tasks import Task
+from torchloom.tasks.base import BatchLoss
 from torchloom.train.loop import Evaluator
+
+if TYPE_CHECKING:
+    from torchloom.rundir import Background
 
 
 class Run:
@@ -39,7 +43,7 @@ class Run:
         *,
         model: nn.Module,
         task: Task,
-        loss_fn: nn.Module,
+        loss_fn: BatchLoss,
         config: Config,
         preprocess: Preprocess,
         data: Data | None = None,
@@ -56,7 +60,7 @@ class Run:
         self.dir = directory
         self.diagnostics: dict | None = None
         self.summary: dict | None = None  # what summary.json holds, for a run fit just wrote
-        self.pending = None  # the report being written on a thread (`wait`)
+        self.pending: Background | None = None  # the report being drawn on a thread (`wait`)
 
     def wait(self) -> Run:
         """Wait until the run directory's plots and report (written on a thread after `fit`

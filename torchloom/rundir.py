@@ -60,7 +60,8 @@ def finish_run_dir(run: Run, state: TrainState, seconds: float, then=()) -> None
     from torchloom.diagnosis.facts import run_facts
     from torchloom.report import confusion_of, render_report, report_parts
 
-    run_dir = run.dir
+    run_dir, data = run.dir, run.data
+    assert run_dir is not None and data is not None  # fit finishes runs that write a directory
     finite = all(bool(torch.isfinite(t).all()) for t in run.model.state_dict().values())
     status = "interrupted" if state.interrupted else "completed" if finite else "diverged"
     if status == "completed":  # never save non-finite weights, nor a half-trained final model
@@ -75,7 +76,7 @@ def finish_run_dir(run: Run, state: TrainState, seconds: float, then=()) -> None
         "seconds": round(seconds, 3),
         "final": state.history[-1] if state.history else {},
     }
-    if status == "completed" and run.data.test is not None:
+    if status == "completed" and data.test is not None:
         summary["test"] = run.evaluate("test")
     if run.task.state():  # what the task chose after training (thresholds), for load_run
         atomic_write_json(run_dir / "task.json", run.task.state())
@@ -244,13 +245,12 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
     models.materialize(model, example, num_outputs, preprocess.vocab_size)
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
     model.eval()
-    loss_fn = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
-    loss_fn = task.wrap_loss(loss_fn)
-    loaded_data = task.prepare_data(load_data(config)) if data and has_source else None
+    criterion = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loaded_data = load_data(config) if data and has_source else None
     run = Run(
         model=model,
         task=task,
-        loss_fn=loss_fn,
+        loss_fn=task.batch_loss(criterion),
         config=config,
         preprocess=preprocess,
         data=loaded_data,

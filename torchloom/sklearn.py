@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,7 @@ class _NeuralNet(BaseEstimator):
                 )
             return copy.deepcopy(self.model)  # never train the parameter itself
         if callable(self.model):
+            accepted: Mapping[str, inspect.Parameter]
             try:
                 accepted = inspect.signature(self.model).parameters
             except (TypeError, ValueError):
@@ -206,9 +208,7 @@ class _NeuralNet(BaseEstimator):
         data = data_module.from_arrays(
             features, targets, task=self._task, val=0.0, test=0.0, classes=self.run_.task.classes
         )
-        setup = api.build(
-            self.module_, data, config, self.run_.device, optimizer=self.optimizer_
-        )
+        setup = api.build(self.module_, data, config, self.run_.device, optimizer=self.optimizer_)
         state = TrainState(setup, callbacks=[History()])
         fit_loop(setup, state, Dispatcher(state.callbacks))
         self.module_.eval()

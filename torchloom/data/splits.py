@@ -99,11 +99,8 @@ def split_rows(
 @dataclass
 class Split:
     """One split as tensors: features (num_samples, ...) float32, or for text (num_samples,
-    max_len) int64 token ids padded with 0; targets int64 or float32.
-
-    Anomaly data carries (num_samples, 1 + num_features) float32 targets: column 0 is the label
-    (1 anomaly, 0 normal), the rest the flattened preprocessed input, which an autoencoder's loss
-    reconstructs (see `torchloom.tasks.anomaly`).
+    max_len) int64 token ids padded with 0; targets int64 or float32 (anomaly data: (num_samples,)
+    int64 labels, 1 anomaly, 0 normal).
     """
 
     features: torch.Tensor

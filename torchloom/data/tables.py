@@ -154,6 +154,4 @@ def make_split(
     if columns_step:  # text columns were not checked for inf before encoding
         missing_module.check_finite(features, preprocess.feature_names, table.name, rows)
     targets = torch.from_numpy(np.ascontiguousarray(rows_of(table.targets, rows)))
-    if table.task == "anomaly":  # (n, 1 + num_features): the label, then what to rebuild
-        targets = torch.cat([targets.float()[:, None], features.reshape(len(rows), -1)], 1)
     return Split(features, targets)

@@ -6,10 +6,9 @@ input. The anomaly score of a sample is its reconstruction error, the mean squar
 between input and output. After training a threshold is chosen by a stated rule and saved with the
 run in task.json; `predict` gives the score and the flag (score >= threshold).
 
-How the loss sees the input while `fit`'s loop stays `loss_fn(outputs, targets)`: anomaly splits
-carry (batch, 1 + num_features) targets, the label in column 0 (for metrics) and the flattened
-input after it (for the loss; see `torchloom.data.Split`). `wrap_loss` turns the configured loss
-(mse by default; l1 or smooth_l1 work too) into one that compares outputs with those columns.
+The loss sees the whole batch: `batch_loss` turns the configured loss (mse by default; l1 or
+smooth_l1 work too) into one that compares the reconstructions with the batch's inputs. The
+targets are the (batch,) 0/1 labels, which only the metrics read.
 
 Threshold rules (`task_options: {threshold_rule: ..., ...}`):
 - quantile: the `quantile` (default 0.99) of the normal training samples' scores;
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from torchloom.errors import ConfigError, DataError, TorchloomError
-from torchloom.tasks.base import Task, outputs_of
+from torchloom.tasks.base import BatchLoss, Task, outputs_of
 
 RULES = ("quantile", "contamination", "best_f1")
 
@@ -36,20 +35,17 @@ def reconstruction_error(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.T
     return difference.square().mean(dim=1)
 
 
-class ReconstructionLoss(nn.Module):
-    """The configured loss between reconstructions and the inputs held in targets[:, 1:]."""
+class ReconstructionLoss(BatchLoss):
+    """The configured loss between the reconstructions and the batch's inputs, both flattened to
+    (batch, num_features)."""
 
-    def __init__(self, loss_fn: nn.Module):
-        super().__init__()
-        self.loss_fn = loss_fn
-
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # outputs (batch, num_features); targets (batch, 1 + num_features): label, then input.
-        return self.loss_fn(outputs.reshape(len(outputs), -1), targets[:, 1:].to(outputs.dtype))
+    def __call__(self, outputs, inputs, targets) -> torch.Tensor:
+        flat = inputs.reshape(len(inputs), -1).to(outputs.dtype)
+        return self.criterion(outputs.reshape(len(outputs), -1), flat)
 
 
 class Anomaly(Task):
-    """Outputs are (batch, num_features) reconstructions; targets (batch, 1 + num_features)."""
+    """Outputs are (batch, num_features) reconstructions; targets (batch,) 0/1 labels."""
 
     name = "anomaly"
     default_loss = "mse"
@@ -89,8 +85,11 @@ class Anomaly(Task):
         self.contamination = float(contamination)
         self.threshold: float | None = None  # chosen after training by `calibrate`
 
-    def wrap_loss(self, loss_fn: nn.Module) -> nn.Module:
-        return ReconstructionLoss(loss_fn)
+    def batch_loss(self, criterion: nn.Module) -> BatchLoss:
+        return ReconstructionLoss(criterion)
+
+    def update_metrics(self, metrics, outputs, targets, inputs) -> None:
+        metrics.update_scores(outputs, targets, inputs)
 
     def metrics(self):
         from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryF1Score
@@ -104,13 +103,13 @@ class Anomaly(Task):
         return ["auroc", "average_precision"] + (["f1"] if self.threshold is not None else [])
 
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
-        if targets.dim() != 2 or targets.shape[1] != self.num_outputs + 1:
+        if targets.dim() != 1:
             raise DataError(
-                f"{where}: anomaly targets must be (num_samples, 1 + {self.num_outputs}): the "
-                f"0/1 label, then the input; got {tuple(targets.shape)}. Build the data with "
-                "torchloom.data.load or from_arrays(..., task='anomaly')."
+                f"{where}: anomaly targets must be (num_samples,) 0/1 labels; got "
+                f"{tuple(targets.shape)}. Build the data with torchloom.data.load or "
+                "from_arrays(..., task='anomaly')."
             )
-        labels = targets[:, 0]
+        labels = targets
         bad = (labels != 0) & (labels != 1)
         if bool(bad.any()):
             row = int(bad.nonzero()[0])
@@ -133,8 +132,8 @@ class Anomaly(Task):
 
         def scores(split) -> np.ndarray:
             outputs = outputs_of(model, split.features, batch_size)
-            targets = split.targets[:, 1:].to(outputs.device)  # a host training split: copy
-            return reconstruction_error(outputs, targets).cpu().double().numpy()
+            inputs = split.features.to(outputs.device)  # a host training split: copy
+            return reconstruction_error(outputs, inputs).cpu().double().numpy()
 
         if self.threshold_rule == "quantile":
             self.threshold = float(np.quantile(scores(data.train), self.quantile))
@@ -144,7 +143,7 @@ class Anomaly(Task):
         else:  # best_f1 on the labelled validation split
             from sklearn.metrics import precision_recall_curve
 
-            labels = data.val.targets[:, 0].cpu().numpy()
+            labels = data.val.targets.cpu().numpy()
             if labels.min() == labels.max():
                 raise DataError(
                     "task_options.threshold_rule: best_f1 needs both normal and anomalous rows in "
@@ -186,12 +185,15 @@ def _score_metrics_class():
     from torchmetrics import MetricCollection
 
     class ScoreMetrics(MetricCollection):
-        """Metrics of the anomaly score against the label, from (outputs, targets) batches."""
+        """Metrics of the anomaly score against the label, from (outputs, labels, inputs)
+        batches."""
 
         def __init__(self, metrics: dict, task: Anomaly):
             super().__init__(metrics, compute_groups=False)
             self._threshold = task.threshold
-            self._anomalies = self._rows = 0  # device tensors once updated: no per-batch sync
+            # Device tensors once updated: no per-batch sync.
+            self._anomalies: int | torch.Tensor = 0
+            self._rows: int | torch.Tensor = 0
 
         def reset(self) -> None:
             super().reset()
@@ -208,9 +210,13 @@ def _score_metrics_class():
             # undefined, so leave them out rather than report torchmetrics' warning and a 0.
             return {name: m.compute() for name, m in self.items(keep_base=True) if name == "f1"}
 
-        def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-            score = reconstruction_error(outputs, targets[:, 1:]).double()  # (batch,)
-            labels = targets[:, 0].long()
+        def update_scores(
+            self, outputs: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor
+        ) -> None:
+            """Add a batch: (batch, num_features) reconstructions of `inputs`, (batch,) 0/1
+            labels."""
+            score = reconstruction_error(outputs, inputs).double()  # (batch,)
+            labels = labels.long()
             self._anomalies = self._anomalies + labels.sum()
             self._rows = self._rows + len(labels)
             # Scores are unbounded; torchmetrics would squash values outside [0, 1] with a
@@ -218,7 +224,8 @@ def _score_metrics_class():
             # order in [0, 1), so AUROC and average precision are those of the score itself.
             ranked = score / (1 + score)
             for name, metric in self.items(keep_base=True, copy_state=False):
-                if name == "f1":
+                if name == "f1":  # made only once the threshold is known
+                    assert self._threshold is not None
                     metric.update((score >= self._threshold).long(), labels)
                 else:
                     metric.update(ranked, labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -11,6 +12,24 @@ if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
     from torchloom.data.preprocess import Preprocess
+
+
+class BatchLoss:
+    """The criterion between the model's outputs and the batch's targets (the inputs unused).
+
+    A plain callable, not a module: the step calls it once per batch.
+
+    Attributes:
+        criterion: the configured loss module (`torchloom.optim.make_loss`).
+    """
+
+    def __init__(self, criterion: nn.Module):
+        self.criterion = criterion
+
+    def __call__(
+        self, outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        return self.criterion(outputs, targets)
 
 
 class Task:
@@ -31,7 +50,7 @@ class Task:
     # step (a GAN's two updates), handing it the run's `torchloom.train.step.Update` (autocast,
     # the gradient scaler, clipping, non-finite skipping). Everything else (logs, callbacks,
     # checkpoints) stays the same.
-    train_step = None
+    train_step: Callable[..., torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -73,10 +92,6 @@ class Task:
         """Turn model outputs into predictions (e.g. classes and probabilities)."""
         raise NotImplementedError
 
-    def prepare_data(self, data):
-        """The data as this task trains on it (a VAE's targets are its inputs); default as is."""
-        return data
-
     def callbacks(self, run_dir, data) -> list:
         """Callbacks this task adds to a run that writes `run_dir` (a GAN's sample grids)."""
         return []
@@ -88,9 +103,12 @@ class Task:
         rebuilt them); by default `predict(outputs)`."""
         return self.predict(outputs)
 
-    def wrap_loss(self, loss_fn: nn.Module) -> nn.Module:
-        """The training loss built from the configured one; by default the loss itself."""
-        return loss_fn
+    def batch_loss(self, criterion: nn.Module) -> BatchLoss:
+        """The loss the loop and the evaluator call as `loss(outputs, inputs, targets)`, built
+        from the configured criterion: by default the criterion between outputs and targets.
+        A task whose loss reads the inputs (an autoencoder rebuilds them) says so here, so no
+        task repacks its data."""
+        return BatchLoss(criterion)
 
     def check_data(self, data) -> None:
         """Raise when `data` (a `Data`) lacks what the task needs, before anything trains."""

@@ -132,6 +132,7 @@ class Forecast(Task):
         """
         values = np.asarray(history, dtype=np.float64).reshape(-1)
         window = self.window
+        assert window is not None  # set from the training data's windows before any forecast
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise DataError(f"steps: expected a whole number >= 1, got {steps!r}.")
         if len(values) < window:

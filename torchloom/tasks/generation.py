@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,13 +111,14 @@ class SampleGrids(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self.every_epoch:
-            samples = self._pixels(state.model.sample(100, grid_generator()))
+            model: Any = state.model  # a VAE or GAN zoo model: it has `sample`
+            samples = self._pixels(model.sample(100, grid_generator()))
             save_grid(samples, self.plots / f"samples-epoch-{state.epoch + 1:03d}.png")
 
     def on_fit_end(self, state: TrainState) -> None:
         if state.interrupted:  # interrupted: the grids come when the resumed run ends
             return
-        model = state.model
+        model: Any = state.model  # a VAE or GAN zoo model: it has `sample`
         save_grid(self._pixels(model.sample(100, grid_generator())), self.plots / "samples.png")
         if self.inputs is not None and len(self.inputs):
             was_training = model.training

@@ -14,19 +14,15 @@ import torch
 from torch import nn
 
 from torchloom.errors import ConfigError, DataError
-from torchloom.tasks.base import Task, outputs_of
+from torchloom.tasks.base import BatchLoss, Task, outputs_of
 
 
-class FloatTargets(nn.Module):
+class FloatTargets(BatchLoss):
     """The configured loss with 0/1 int64 targets cast to the outputs' float type, as
     `bce_with_logits` needs (the metrics want them as integers, so the splits keep int64)."""
 
-    def __init__(self, loss_fn: nn.Module):
-        super().__init__()
-        self.loss_fn = loss_fn
-
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(outputs, targets.to(outputs.dtype))
+    def __call__(self, outputs, inputs, targets) -> torch.Tensor:
+        return self.criterion(outputs, targets.to(outputs.dtype))
 
 
 class Multilabel(Task):
@@ -63,8 +59,8 @@ class Multilabel(Task):
         thresholds = self.thresholds.to(logits.device)  # read now: tuning may have changed them
         return (torch.sigmoid(logits.float()) >= thresholds).long()
 
-    def wrap_loss(self, loss_fn: nn.Module) -> nn.Module:
-        return FloatTargets(loss_fn)
+    def batch_loss(self, criterion: nn.Module) -> BatchLoss:
+        return FloatTargets(criterion)
 
     def metrics(self):
         from torchmetrics import MetricCollection
@@ -146,8 +142,8 @@ class Multilabel(Task):
             return
         from sklearn.metrics import precision_recall_curve
 
-        probabilities = torch.sigmoid(outputs_of(model, data.val.features, batch_size))
-        probabilities = probabilities.cpu().numpy()  # (num_val, num_labels)
+        logits = outputs_of(model, data.val.features, batch_size)
+        probabilities = torch.sigmoid(logits).cpu().numpy()  # (num_val, num_labels)
         truth = data.val.targets.cpu().numpy()
         thresholds = self.thresholds.clone()
         for label in range(self.num_outputs):

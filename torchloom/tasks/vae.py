@@ -2,7 +2,7 @@
 
 The model returns (reconstruction, mean, log_variance); the default loss `elbo` is the
 reconstruction error plus beta times the KL divergence, per sample. The loop needs nothing
-special: only the data's targets change (they become the inputs, see `prepare_data`).
+special: the task's loss reads the batch's inputs (`batch_loss`); the data stays as it is.
 
 Metrics, per sample (beta = 1, whatever the loss's beta): `elbo` (higher is better),
 `reconstruction` (sum of squared errors on standardized inputs) and `kl`.
@@ -10,12 +10,18 @@ Metrics, per sample (beta = 1, whatever the loss's beta): `elbo` (higher is bett
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
+from torch import nn
 
 from torchloom.losses import kl_divergence, reconstruction_error
-from torchloom.tasks.base import Task
+from torchloom.tasks.base import BatchLoss, Task
+
+
+class InputsLoss(BatchLoss):
+    """The configured loss (`elbo`) between the model's outputs and the batch's inputs."""
+
+    def __call__(self, outputs, inputs, targets) -> torch.Tensor:
+        return self.criterion(outputs, inputs)
 
 
 class VariationalAutoencoder(Task):
@@ -41,15 +47,8 @@ class VariationalAutoencoder(Task):
         metrics["reconstruction"].update(error)
         metrics["kl"].update(divergence)
 
-    def prepare_data(self, data):
-        """The same data with each split's targets replaced by its inputs (no copy)."""
-
-        def autoencode(split):
-            return None if split is None else replace(split, targets=split.features)
-
-        return replace(
-            data, train=autoencode(data.train), val=autoencode(data.val), test=autoencode(data.test)
-        )
+    def batch_loss(self, criterion: nn.Module) -> BatchLoss:
+        return InputsLoss(criterion)
 
     def predict(self, outputs) -> dict[str, torch.Tensor]:
         reconstruction, mean, log_variance = outputs

@@ -14,7 +14,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ class NonFiniteError(TorchloomError):
         super().__init__(message)
         self.step = step
         self.history = history
-        self.run = None  # set by fit when a run directory or Run object exists
+        self.run: Any = None  # set by fit when a run directory or Run object exists
 
 
 @dataclass
@@ -280,7 +280,7 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
 
     def state_dict(self) -> dict:
-        saved = {
+        saved: dict[str, Any] = {
             "best": self.best,
             "best_epoch": self.best_epoch,
             "wait": self.wait,

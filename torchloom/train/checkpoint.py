@@ -104,7 +104,7 @@ def save_checkpoint(
             for name, tensor in saved.pop("tensors", {}).items():
                 tensors[f"callback.{type(callback).__name__}.{name}"] = tensor
             callback_states[type(callback).__name__] = saved
-    numpy_state = np.random.get_state()
+    numpy_state: tuple = np.random.get_state()  # type: ignore[assignment]  # legacy=True form
     save_tensors(staging / "model.safetensors", state.model.state_dict())
     save_tensors(staging / "optimizer.safetensors", optimizer_tensors)
     save_tensors(staging / "extra.safetensors", tensors)

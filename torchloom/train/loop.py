@@ -11,12 +11,14 @@ from torch import nn
 
 from torchloom.data import Split
 from torchloom.tasks import Task
+from torchloom.tasks.base import BatchLoss
 from torchloom.train.callbacks import Dispatcher, TrainState
 from torchloom.train.step import accumulation_weights
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
+    from torchloom.data.datasets import DatasetSplit
     from torchloom.train.setup import Setup
 
 
@@ -34,7 +36,7 @@ class Evaluator:
     def __init__(
         self,
         task: Task,
-        loss_fn: nn.Module,
+        loss_fn: BatchLoss,
         batch_size: int,
         device: torch.device,
         *,
@@ -50,7 +52,7 @@ class Evaluator:
         self.all_reduce = all_reduce
         self.metrics: MetricCollection | None = None  # made on first use (torchmetrics imports)
 
-    def __call__(self, model: nn.Module, split: Split) -> dict[str, float]:
+    def __call__(self, model: nn.Module, split: Split | DatasetSplit) -> dict[str, float]:
         if self.metrics is None:
             self.metrics = self.task.metrics().to(self.device)
         was_training = model.training
@@ -66,7 +68,7 @@ class Evaluator:
             for inputs, targets in batches:
                 outputs = model(inputs)
                 # The loss is a batch mean; weight it by the batch's size for the split's mean.
-                total_loss += self.loss_fn(outputs, targets).float() * len(targets)
+                total_loss += self.loss_fn(outputs, inputs, targets).float() * len(targets)
                 count += len(targets)
                 if isinstance(outputs, torch.Tensor):  # a VAE's (reconstruction, mean, ...) stay
                     outputs = outputs.float()
@@ -75,7 +77,7 @@ class Evaluator:
         if self.all_reduce is not None:
             total_loss = self.all_reduce(total_loss)
         # A sized split's length is known on every rank; an iterable one counts what it read.
-        samples = len(split) if split.streamed is False or split.sized else count
+        samples = count if split.streamed and not getattr(split, "sized", True) else len(split)
         results = {"loss": float(total_loss) / samples}
         results.update(self.task.flatten(self.metrics.compute()))
         return results
@@ -142,7 +144,7 @@ def train_epoch(setup: Setup, state: TrainState, notify: Dispatcher) -> bool:
                 torch.compiler.cudagraph_mark_step_begin()
             with update.autocast():
                 outputs = forward(inputs)  # (batch, num_outputs)
-                loss = loss_fn(outputs, targets)  # the batch mean
+                loss = loss_fn(outputs, inputs, targets)  # the batch mean
             update.backward(loss, 1.0 if weights is None else weights[batch_index])
             state.epoch_losses.append(loss.detach())
             if sizes is None:

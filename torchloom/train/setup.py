@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torchloom.data import BatchLoader, Data
     from torchloom.data.streaming import StreamLoader
     from torchloom.tasks import Task
+    from torchloom.tasks.base import BatchLoss
     from torchloom.train.distributed import World
     from torchloom.train.loop import Evaluator
     from torchloom.train.step import Schedule, Update
@@ -35,7 +36,7 @@ class Setup:
         model: the sized and initialized model.
         forward: what the step calls: the model, or its DDP and/or `torch.compile` wrapper
             (same parameters).
-        loss_fn: the task's training loss.
+        loss_fn: the task's loss, called as `loss_fn(outputs, inputs, targets)`.
         optimizer: the optimizer over the model's trainable parameters.
         loader: the training batches (this rank's share under torchrun): in-memory
             `BatchLoader` or `StreamLoader` over a dataset; both save and load their position.
@@ -53,7 +54,7 @@ class Setup:
     data: Data
     model: nn.Module
     forward: nn.Module
-    loss_fn: nn.Module
+    loss_fn: BatchLoss
     optimizer: torch.optim.Optimizer
     loader: BatchLoader | StreamLoader
     schedule: Schedule

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,7 +28,8 @@ def compiled(forward: nn.Module, mode: bool | str) -> nn.Module:
     mode, a string one of its modes. The wrapper shares the model's parameters."""
     if mode is False:
         return forward
-    return torch.compile(forward, mode=None if mode is True else mode)
+    wrapper = torch.compile(forward, mode=None if mode is True else mode)
+    return cast(nn.Module, wrapper)  # an OptimizedModule: calls and parameters as the model's
 
 
 def autocast_factory(
@@ -166,7 +168,7 @@ def accumulation_weights(batch_sizes: list[int], accumulate: int) -> list[float]
     """
     if accumulate == 1:
         return [1.0] * len(batch_sizes)
-    weights = []
+    weights: list[float] = []
     for start in range(0, len(batch_sizes), accumulate):
         group = batch_sizes[start : start + accumulate]
         total = sum(group)
@@ -181,7 +183,7 @@ def accumulation_weights(batch_sizes: list[int], accumulate: int) -> list[float]
 class Schedule:
     """A PyTorch LR scheduler and when it steps: after each optimizer step or each epoch."""
 
-    scheduler: object | None = None
+    scheduler: Any = None  # an LRScheduler or ReduceLROnPlateau, which share no base class
     per_step: bool = False
     monitor: str | None = None  # reduce-on-plateau reads this logged metric
 
