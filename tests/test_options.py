@@ -14,16 +14,9 @@ from pydantic import BaseModel
 from torch import nn
 
 from torchloom import api, config_docs, tune
-from torchloom.config import (
-    FIT_SECTIONS,
-    NOT_FIT_OPTIONS,
-    Config,
-    apply_overrides,
-    fit_options,
-    section_at,
-    set_path,
-)
+from torchloom.config import Config, apply_overrides, set_path
 from torchloom.errors import unknown_option_message, unknown_option_problems
+from torchloom.keywords import FIT_SECTIONS, NOT_FIT_OPTIONS, fit_options, section_at
 from torchloom.sklearn import NeuralNetClassifier, NeuralNetRegressor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +111,7 @@ def test_every_config_field_can_be_set_from_fit_or_says_why_not():
     ]
     assert not unreachable, (
         f"config fields fit() cannot set: {', '.join(unreachable)}; they get a keyword from "
-        "config.fit_options, or a reason in config.NOT_FIT_OPTIONS"
+        "keywords.fit_options, or a reason in keywords.NOT_FIT_OPTIONS"
     )
     known = {*config_fields(), *((name,) for name in Config.model_fields)}
     stale = [path for path in NOT_FIT_OPTIONS if path not in known]

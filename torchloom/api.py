@@ -12,7 +12,7 @@ from torch import nn
 
 from torchloom import config as config_module
 from torchloom import data as data_module
-from torchloom import models, optim
+from torchloom import keywords, models, optim
 from torchloom.assemble import (
     announce,
     build,
@@ -66,8 +66,8 @@ __all__ = [
 ]
 
 # fit(...) keyword -> where it lives in the config: every field of the schema (see
-# `config.fit_options` for how the names are chosen).
-FIT_OPTIONS: dict[str, tuple[str, ...]] = config_module.fit_options()
+# `keywords.fit_options` for how the names are chosen).
+FIT_OPTIONS: dict[str, tuple[str, ...]] = keywords.fit_options()
 
 
 def fit(
@@ -87,14 +87,16 @@ def fit(
             `Dataset`, `IterableDataset` or `DataLoader` (a map-style dataset alone is split 10%
             validation / 20% test, seeded, as arrays are; an iterable one trains whole).
         callbacks: extra `Callback` objects, called after the built-in ones.
-        **options: task, loss, optimizer (a name or a dict such as
-            `{"name": "sgd", "lr": 0.01, "momentum": 0.9}`), init, epochs, batch_size, seed,
-            device, shuffle, drop_last, log_every, val_every, progress, early_stopping (a dict),
-            output_dir (None: write nothing; default), name, tensorboard, checkpoints, keep_last,
-            monitor. They are validated like a config file's fields.
+        **options: any config field under its own name (`FIT_OPTIONS`, derived from the schema;
+            docs/config.md lists them): e.g. epochs, batch_size, optimizer (a name or a dict
+            such as `{"name": "sgd", "lr": 0.01, "momentum": 0.9}`), early_stopping (a dict),
+            output_dir (None: write nothing; default). They are validated like a config file's
+            fields.
 
     Returns:
         A `Run`: `run.model`, `run.evaluate("test")`, `run.predict(x)`, `run.history`, `run.dir`.
+        With `output_dir`, the run directory is complete when `fit` returns except for the plots
+        and report.html, drawn on a thread: `run.wait()` returns once they are written.
 
     Raises:
         ConfigError: every bad option at once.
@@ -120,7 +122,7 @@ def from_options(model, data, options: dict, caller: str) -> tuple[Config, nn.Mo
         )
     raw: dict = {"output": {"dir": None}, "trainer": {}}
     for key, value in options.items():
-        named = config_module.FIT_SECTIONS.get(key)
+        named = keywords.FIT_SECTIONS.get(key)
         if named and isinstance(value, str):  # optimizer="adam": the section's name field
             value = {named: value}
         config_module.set_path(raw, FIT_OPTIONS[key], value)

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic.fields import FieldInfo
 
-from torchloom import config as schema
+from torchloom import keywords
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 BLOCK = re.compile(r"(<!-- generated: (.+?) -->\n)(.*?)(<!-- /generated -->)", re.DOTALL)
@@ -45,7 +45,7 @@ def block(name: str) -> str:
     if name == "fit()":
         return fit_tables()
     try:
-        section = schema.section_at(name)
+        section = keywords.section_at(name)
     except (KeyError, ValueError):
         raise ValueError(f"<!-- generated: {name} -->: not a section of the config") from None
     rows = [
@@ -58,10 +58,10 @@ def block(name: str) -> str:
 def fit_tables() -> str:
     """Two tables: each section's `fit()` keywords, and the fields without one and why."""
     by_section: dict[str, list[str]] = {}
-    for keyword, path in schema.fit_options().items():
-        section = path[0] if len(path) > 1 or path[0] in schema.FIT_SECTIONS else ""
-        if path[0] in schema.FIT_SECTIONS:
-            named = schema.FIT_SECTIONS[path[0]]
+    for keyword, path in keywords.fit_options().items():
+        section = path[0] if len(path) > 1 or path[0] in keywords.FIT_SECTIONS else ""
+        if path[0] in keywords.FIT_SECTIONS:
+            named = keywords.FIT_SECTIONS[path[0]]
             bare = f", or a bare `{named}`" if named else ""
             text = f"`{keyword}`: the whole section, as a mapping{bare}"
         elif keyword != path[-1]:
@@ -75,7 +75,7 @@ def fit_tables() -> str:
         for section, texts in by_section.items()
     ]
     reasons: dict[str, list[str]] = {}
-    for path, reason in schema.NOT_FIT_OPTIONS.items():
+    for path, reason in keywords.NOT_FIT_OPTIONS.items():
         reasons.setdefault(reason, []).append(f"`{'.'.join(path)}`")
     lines += ["", "| no `fit()` keyword | why |", "|---|---|"]
     lines += [f"| {', '.join(paths)} | {cell(reason)} |" for reason, paths in reasons.items()]
