@@ -259,3 +259,16 @@ def test_the_live_progress_bar_in_a_terminal_lasts_every_epoch(digits, monkeypat
     assert "\x1b[" in shown  # the live display's control codes: it was a terminal
     for epoch in (1, 2, 3):
         assert f"epoch {epoch}/3" in shown
+
+
+def test_the_report_thread_says_its_error_and_wait_raises_it(capsys):
+    from torchloom.rundir import Background
+
+    def broken():
+        raise OSError("disk full")
+
+    pending = Background(broken, "torchloom report r1")
+    with pytest.raises(OSError, match="disk full"):
+        pending.wait()
+    assert "torchloom: torchloom report r1 failed: disk full" in capsys.readouterr().err
+    pending.wait()  # raised once: a second wait returns

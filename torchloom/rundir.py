@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -119,6 +120,8 @@ class Background:
             function()
         except BaseException as error:  # raised again by wait(), in the caller's thread
             self.error = error
+            # Said at once too: a caller that never waits would not hear of it otherwise.
+            print(f"torchloom: {self.thread.name} failed: {error}", file=sys.stderr, flush=True)
 
     def running_here(self) -> bool:
         """True when called from the function's own thread (which must not wait for itself)."""
