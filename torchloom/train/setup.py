@@ -67,8 +67,8 @@ class Setup:
 
     @property
     def graphs(self) -> bool:
-        """The forward replays CUDA graphs (a compile mode on CUDA): each step tells torch a
-        new step began, so the last step's graph outputs may be reused."""
+        """The forward is compiled to replay CUDA graphs (on CUDA; a CPU has none): each step
+        tells torch that a new step began, so the last step's graph outputs may be reused."""
         from torchloom.train.step import CUDA_GRAPH_MODES
 
-        return self.device.type == "cuda" and self.config.trainer.compile in CUDA_GRAPH_MODES
+        return self.config.trainer.compile in CUDA_GRAPH_MODES
