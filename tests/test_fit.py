@@ -272,3 +272,22 @@ def test_the_report_thread_says_its_error_and_wait_raises_it(capsys):
         pending.wait()
     assert "torchloom: torchloom report r1 failed: disk full" in capsys.readouterr().err
     pending.wait()  # raised once: a second wait returns
+
+
+def test_a_resumed_run_knows_its_input_shape_as_a_fresh_one_does(tmp_path):
+    """Predicting and exporting read the input shape from the run's preprocessing: a resumed
+    run's must hold it too."""
+
+    class Cut(tl.Callback):
+        def on_batch_end(self, state):
+            if state.step == 20:
+                state.interrupt(2)
+
+    overrides = [f"output.dir={tmp_path}", "trainer.epochs=3", "trainer.progress=false"]
+    from torchloom.train.callbacks import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        tl.fit_config(None, overrides, callbacks=[Cut()])
+    run = tl.resume(next(tmp_path.iterdir()))
+    assert run.preprocess.extra["input_shape"] == [64]
+    assert run.preprocess.extra["num_outputs"] == 10

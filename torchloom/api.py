@@ -217,6 +217,9 @@ def _fit(
         resume_dir = _torchrun_restart(setup, resume_dir)
         checkpoint = None if resume_dir is None else find_resumable(resume_dir / "checkpoints")[1]
         _check_extras(config, resume_dir)
+        # What predicting and exporting read of the data, on a fresh or a resumed run alike.
+        shape = {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+        data.preprocess.extra.update(shape)
         run_dir = resume_dir or _open_run_dir(setup, data, world)
         if not world.is_main:
             run_dir = None  # rank 0 writes; the other ranks read checkpoints from resume_dir
@@ -262,9 +265,6 @@ def _open_run_dir(setup: Setup, data: Data, world: World) -> Path | None:
     """A new run directory with the resolved config and the preprocessing (rank 0), or None
     when the config writes nothing."""
     output = setup.config.output
-    data.preprocess.extra.update(
-        {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
-    )
     if not (output.dir and world.is_main):
         return None
     run_dir = make_run_dir(output.dir, output.name, setup.model, data)
