@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,12 +202,95 @@ def test_sigkill_with_workers_then_resume_is_bitwise_equal(tmp_path, uninterrupt
 
 
 @pytest.mark.slow
-def test_batches_do_not_depend_on_which_worker_read_them(tmp_path, uninterrupted):
-    one_worker = scenario(tmp_path, "one", "--workers", "1")
-    assert one_worker.returncode == 0, one_worker.stderr
+@pytest.mark.parametrize("workers", ["1", "0"], ids=["one-worker", "in-process"])
+def test_batches_do_not_depend_on_which_worker_read_them(tmp_path, uninterrupted, workers):
+    """Read by 1 worker, or in the training process (where the model's dropout draws from the
+    same global generator the dataset's augmentation seeds), a run trains what 2 workers did."""
+    other = scenario(tmp_path, "other", "--workers", workers)
+    assert other.returncode == 0, other.stderr
     want = load_file(uninterrupted / "base" / "model.safetensors")  # read by 2 workers
-    got = load_file(tmp_path / "one" / "model.safetensors")
+    got = load_file(tmp_path / "other" / "model.safetensors")
     assert all(torch.equal(want[key], got[key]) for key in want)
+
+
+def _checked(indices, samples, keys):
+    """The per-sample path of `stack_samples`, which the common case skips."""
+    from torchloom.data.samples import split_sample, to_tensor
+
+    pairs = [split_sample(sample, keys, "t") for sample in samples]
+    inputs = torch.stack([to_tensor(x, "input", "t") for x, _ in pairs])
+    return indices, inputs, torch.stack([to_tensor(y, "target", "t") for _, y in pairs])
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        lambda i: (torch.full((3, 2), float(i)), i),
+        lambda i: (np.full(4, i, dtype=np.float64), float(i) / 3),
+        lambda i: (np.full(4, i, dtype=np.uint8), np.int64(i)),
+        lambda i: ({"image": torch.ones(2) * i, "label": torch.tensor([i, -i])}),
+        lambda i: [torch.ones(2) * i, i],
+        lambda i: (torch.ones(2, dtype=torch.float64) * i / 7, True),
+    ],
+    ids=["tensor-int", "f64-float", "uint8-npint", "dict", "list", "f64-bool"],
+)
+def test_the_fast_collate_gives_what_the_checked_one_gives(sample):
+    from torchloom.data.samples import Keys, stack_samples
+
+    samples = [sample(i) for i in range(5)]
+    got = stack_samples(list(range(5)), samples, Keys(), "t")
+    want = _checked(list(range(5)), samples, Keys())
+    assert got[0] == want[0]
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+class Stream(IterableDataset):
+    """200 samples of 4 features, unaware of workers (as most user streams are)."""
+
+    def __iter__(self):
+        for index in range(200):
+            yield torch.randn(4), index % 3
+
+
+class Slow(Dataset):
+    """A dataset whose reads wait 2 ms a sample, as reads from a slow disk do."""
+
+    def __len__(self) -> int:
+        return 96
+
+    def __getitem__(self, index: int):
+        time.sleep(0.002)
+        return torch.full((4,), float(index)), index % 3
+
+
+class CountBatches(tl.Callback):
+    def __init__(self):
+        self.batches = 0
+
+    def on_batch_end(self, state):
+        self.batches += 1
+
+
+def test_auto_workers_read_fast_and_iterable_data_in_process_and_slow_reads_in_workers(capsys):
+    from torchloom.data.streaming import auto_workers
+
+    counter = CountBatches()
+    data = tl.data.from_datasets(train=Stream(), classes=["a", "b", "c"])
+    tl.fit("mlp", data, epochs=1, batch_size=50, progress=False, callbacks=[counter])
+    assert counter.batches == 4  # each sample once: no worker iterated the stream again
+    said = capsys.readouterr().err
+    assert "(batch 50, 0 workers; num_workers auto: an iterable dataset is read in this" in said
+    tl.fit("mlp", Digits(), epochs=1, progress=False, val=0, test=0)
+    said = capsys.readouterr().err
+    in_process = r"0 workers; num_workers auto: a batch reads in about [\d.]+ ms, in this"
+    assert re.search(in_process, said)
+    data = tl.data.from_datasets(train=Slow(), classes=["a", "b", "c"])
+    tl.fit("mlp", data, epochs=1, batch_size=16, progress=False)
+    workers = auto_workers()
+    said = capsys.readouterr().err
+    assert f"{workers} workers; num_workers auto: a batch reads in about" in said
+    assert f"ms, so {workers} workers)" in said
 
 
 # --- mistakes: one clear error each ----------------------------------------------------------

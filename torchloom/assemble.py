@@ -223,13 +223,17 @@ def _fresh_model(model, sample, data: Data, task, config: Config, device) -> tor
 def stream_loader(data: Data, task, config: Config, device: torch.device, world: World):
     """The training loader over the user's own dataset, with the task's check of each batch;
     says once what resuming it can promise."""
-    from torchloom.data.streaming import StreamLoader, auto_workers
+    from torchloom.data.streaming import StreamLoader, choose_workers
 
     train = data.train
     assert isinstance(train, DatasetSplit)  # streamed data: every split is a dataset's
     trainer = config.trainer
-    workers = config.data.num_workers
-    workers = auto_workers() if workers == "auto" else workers
+    workers, why = config.data.num_workers, ""
+    if workers == "auto" and train.user_loader is None:
+        workers, why = choose_workers(train, trainer.batch_size, device)
+        why = f"; num_workers auto: {why}"
+    elif workers == "auto":
+        workers = 0  # a user's DataLoader brings its own num_workers
     if config.data.augment is not None:
         raise ConfigError(
             [
@@ -272,7 +276,7 @@ def stream_loader(data: Data, task, config: Config, device: torch.device, world:
             f"your DataLoader (batch {loader.batch_size}, {loader.num_workers} workers)"
             if user is not None
             else f"{type(train.dataset).__name__} (batch {loader.batch_size}, "
-            f"{loader.num_workers} workers)"
+            f"{loader.num_workers} workers{why})"
         )
         print(
             f"torchloom: reading {what}; resume: {loader.promise.message}",

@@ -153,7 +153,8 @@ class DataConfig(Section):
     num_workers: int | Literal["auto"] = Field(
         "auto",
         description="worker processes reading a dataset of your own, a streamed folder or "
-        "shards (`auto`: one per core, at most 4); in-memory data needs none",
+        "shards (`auto`: none when a batch reads fast or the dataset is iterable, else one per "
+        "core, at most 4); in-memory data needs none",
     )
     input_key: str | None = Field(
         None,

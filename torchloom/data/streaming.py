@@ -9,7 +9,9 @@ Two kinds of loader, both behind `StreamLoader`:
   `random` generators from (seed, epoch, the batch's first index) before the batch's
   `__getitem__` calls, so the random augmentation of a batch does not depend on which worker
   read it or what that worker read before: a resumed run, restarting the sampler at the saved
-  position, sees bitwise the same batches.
+  position, sees bitwise the same batches. Read in the training process (no workers), a batch
+  is seeded the same way and the run's own generators are put back after it, so the number of
+  workers, 0 included, never changes what a run trains on.
   (torchdata's `StatefulDataLoader` restores the sampler but reseeds each worker to its
   start-of-epoch state, so augmentation drawn from the global generators would differ.)
 - **Iterable datasets and custom samplers** are read by torchdata's `StatefulDataLoader`, whose
@@ -50,11 +52,44 @@ warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 # Worker processes when `data.num_workers` is "auto": up to this many, one per core.
 MAX_AUTO_WORKERS = 4
 
+# `num_workers: auto` on a user's map-style dataset reads in the training process when a batch
+# reads faster than this (seconds, timed on a few samples before training): handing a batch over
+# from a worker costs a few hundred microseconds, and on a CPU device the workers take cores from
+# the model's own threads. Where the crossover was measured: docs/data.md, "The loader".
+IN_PROCESS_BATCH_SECONDS = {"cpu": 5e-3, "accelerator": 1e-3}
+
 
 def auto_workers() -> int:
     """Worker processes for `num_workers: auto`: one per core, at most `MAX_AUTO_WORKERS`."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_AUTO_WORKERS, cores or 1))
+
+
+def choose_workers(split: DatasetSplit, batch_size: int, device: torch.device) -> tuple[int, str]:
+    """`num_workers: auto` for a split of the user's own: the worker count and why, in words.
+
+    An iterable dataset is read in this process: with workers, each would iterate the whole
+    stream unless the dataset splits itself by `get_worker_info()`, which torchloom cannot
+    see. A map-style one is read in this process when a batch of it reads fast (a few samples
+    timed here, the run's generators untouched), else by one worker per core."""
+    if split.iterable:
+        return 0, (
+            "an iterable dataset is read in this process (with workers, each iterates all of "
+            "it unless it splits itself by get_worker_info(); then set num_workers)"
+        )
+    count = min(len(split) // 2, 16)
+    if count == 0:
+        return 0, "a dataset this small is read in this process"
+    reader = SeededSamples(split, 0)
+    reader.__getitems__([(0, position) for position in range(count)])  # files opened, caches
+    started = time.perf_counter()
+    reader.__getitems__([(0, position) for position in range(count, 2 * count)])
+    per_batch = (time.perf_counter() - started) / count * batch_size
+    limit = IN_PROCESS_BATCH_SECONDS["cpu" if device.type == "cpu" else "accelerator"]
+    if per_batch < limit:
+        return 0, f"a batch reads in about {per_batch * 1e3:.1f} ms, in this process"
+    workers = auto_workers()
+    return workers, f"a batch reads in about {per_batch * 1e3:.0f} ms, so {workers} workers"
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -64,14 +99,39 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (mixed * 0x94D049BB133111EB) % 2**63
 
 
+class SeededRead:
+    """Seeds the global torch (CPU), NumPy and `random` generators for one read. In a worker
+    that is all; in the training process their states are saved first and put back after, so
+    the run's own draws (dropout, its checkpointed generators) go on as if nothing was read."""
+
+    def __init__(self, value: int):
+        self.value = value
+        self.saved: tuple | None = None
+
+    def __enter__(self) -> None:
+        if get_worker_info() is None:
+            self.saved = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        # The CPU generator alone: `torch.manual_seed` also visits every other device type,
+        # which costs more than a small sample's read (a worker never uses CUDA).
+        torch.default_generator.manual_seed(self.value)
+        random.seed(self.value)
+        np.random.seed(self.value % 2**32)
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            torch_state, numpy_state, python_state = self.saved
+            torch.set_rng_state(torch_state)
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
 class SeededSamples(Dataset):
     """A map-style dataset read by `(epoch, position)` keys: returns `(index, sample)`.
 
     `position` is a position in the split (mapped to the dataset's own index through the
-    split's rows). In a worker process, the global torch, NumPy and `random` generators are
-    seeded from (seed, epoch, index) before a sample (or a batch, see `__getitems__`) is read;
-    in the main process (no workers) they are left alone: their state is part of every
-    checkpoint.
+    split's rows). The global torch, NumPy and `random` generators are seeded from (seed,
+    epoch, index) before a sample (or a batch, see `__getitems__`) is read, in a worker or in
+    the training process (where the run's own states are put back after: see `SeededRead`).
     """
 
     def __init__(self, split: DatasetSplit, seed: int):
@@ -86,26 +146,16 @@ class SeededSamples(Dataset):
     def _index(self, position: int) -> int:
         return int(position if self.indices is None else self.indices[position])
 
-    def _seed(self, epoch: int, index: int) -> None:
-        if get_worker_info() is None:
-            return
-        value = sample_seed(self.seed, epoch, index)
-        # The CPU generator alone: `torch.manual_seed` also visits every other device type,
-        # which costs more than a small sample's read (a worker never uses CUDA).
-        torch.default_generator.manual_seed(value)
-        random.seed(value)
-        np.random.seed(value % 2**32)
-
     def __getitem__(self, key: tuple[int, int]):
         epoch, position = key
         index = self._index(position)
-        self._seed(epoch, index)
-        try:
-            return index, self.dataset[index]
-        except DataError:  # already says what is wrong with which sample
-            raise
-        except Exception as error:  # the user's code: name the sample and what it raised
-            raise DataError(_read_error(self.name, index, error)) from None
+        with SeededRead(sample_seed(self.seed, epoch, index)):
+            try:
+                return index, self.dataset[index]
+            except DataError:  # already says what is wrong with which sample
+                raise
+            except Exception as error:  # the user's code: name the sample and what it raised
+                raise DataError(_read_error(self.name, index, error)) from None
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list:
         """One batch: the generators are seeded once, from its first sample's (epoch, index);
@@ -113,7 +163,10 @@ class SeededSamples(Dataset):
         draw does not depend on the worker either, and one seeding a batch costs far less than
         one a sample."""
         indices = [self._index(position) for _, position in keys]
-        self._seed(keys[0][0], indices[0])
+        with SeededRead(sample_seed(self.seed, keys[0][0], indices[0])):
+            return self._read(indices)
+
+    def _read(self, indices: list[int]) -> list:
         if self.batched:
             try:
                 samples = self.dataset.__getitems__(indices)  # type: ignore[attr-defined]  # batched
@@ -361,7 +414,7 @@ def resume_promise(split: DatasetSplit) -> ResumePromise:
         )
     if user is None:
         return ResumePromise(
-            True, "exact (a seeded order, and the generators seeded for each batch in the workers)."
+            True, "exact (a seeded order, and the generators seeded for each batch)."
         )
     standard_batches = type(user.batch_sampler) is BatchSampler
     standard_order = type(user.sampler) in (RandomSampler, SequentialSampler)
