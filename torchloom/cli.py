@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The order of these calls is the order `torchloom --help` lists the commands in.
     add_train_commands(commands)
     add_predict_command(commands)
+    add_serve_command(commands)
     add_config_commands(commands)
     add_inspection_commands(commands)
     add_tracking_commands(commands)
@@ -98,6 +99,46 @@ def add_predict_command(commands) -> None:
         "of pixel values in the data's units (with -o, also a PNG grid beside it)",
     )
     predict.add_argument("--seed", type=int, default=0, help="seeds --samples (default 0)")
+
+
+def add_serve_command(commands) -> None:
+    """`torchloom serve`: one run's model over HTTP, with a page to try it."""
+    serve = commands.add_parser(
+        "serve",
+        help="serve a run's model over HTTP: POST /predict, a page to try it at /",
+        description='Serve RUN_DIR\'s model: POST /predict takes {"inputs": [...]} (each what '
+        "one row or line of torchloom predict takes) and answers torchloom predict's rows; "
+        "GET /health, /ready, /metadata, /openapi.json; a page to try the model at /. Binds to "
+        "127.0.0.1 unless told otherwise; another address needs --token (or --insecure). "
+        "Needs the serve extra: pip install 'torchloom[serve]'.",
+    )
+    serve.add_argument("run_dir", metavar="RUN_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    serve.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on every endpoint but /health (default: "
+        "the TORCHLOOM_SERVE_TOKEN environment variable, else none)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding beyond loopback without a token",
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=64, help="most rows one forward pass takes (default 64)"
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a pass waits for more requests to join it (default 0: it takes what "
+        "queued while the previous pass ran)",
+    )
+    serve.add_argument(
+        "--max-body-mb", type=float, default=10.0, help="largest request body (default 10 MB)"
+    )
+    serve.add_argument("--threads", type=int, help="torch threads for the model (default: all)")
 
 
 def add_config_commands(commands) -> None:

@@ -102,6 +102,27 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    from torchloom.serving import serve as serve_run
+
+    for name, value in (("--max-batch", args.max_batch), ("--max-body-mb", args.max_body_mb)):
+        if value <= 0:
+            raise TorchloomError(f"{name}: expected a number > 0, got {value}.")
+    if args.batch_wait_ms < 0 or not 0 <= args.port <= 65535:
+        raise TorchloomError("--batch-wait-ms must be >= 0 and --port within 0..65535.")
+    return serve_run(
+        args.run_dir,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        insecure=args.insecure,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_body_mb=args.max_body_mb,
+        threads=args.threads,
+    )
+
+
 def forecast(run, path: Path, steps: int | None, output: str | None) -> int:
     """Print (or write) the next `steps` values after the history in `path`."""
     from torchloom.tasks.forecast import read_history

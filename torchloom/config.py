@@ -10,6 +10,7 @@ passed in as the validation context, so this module imports neither torch nor th
 
 from __future__ import annotations
 
+import os
 import re
 import types
 import typing
@@ -500,6 +501,13 @@ class OutputConfig(Section):
     """What a run writes, and where: its directory, checkpoints, TensorBoard, MLflow."""
 
     dir: str | None = Field("runs", description="where run directories go; `null` writes nothing")
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _path(cls, value):
+        # fit(output_dir=Path(...)): a path object is a path, as everywhere in Python.
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     name: str | None = Field(
         None, description="the run's folder name; default `<model>-<data>-<date>-<time>`"
     )

@@ -120,6 +120,15 @@ class Run:
             0/1 at the run's thresholds, "probabilities": (n, num_labels)}; anomaly:
             {"score": (n,) reconstruction error, "anomaly": (n,) 0/1 at the saved threshold}.
         """
+        return self.predict_inputs(self.model_inputs(features, preprocessed=preprocessed))
+
+    def model_inputs(self, features, *, preprocessed: bool = False) -> np.ndarray:
+        """Raw inputs as the model takes them (what `predict` does before the model): token
+        ids for text, filled, encoded and scaled features, images arranged and scaled.
+
+        Raises:
+            DataError: inputs that do not fit the run (a NaN it cannot fill, a wrong shape).
+        """
         if self.preprocess.tokenizer is not None:
             array = self._text_inputs(features, preprocessed)
         elif self.preprocess.columns is not None and not preprocessed:
@@ -141,6 +150,11 @@ class Run:
                     "data.missing, so it cannot fill it. Fill the value, or retrain with "
                     "data.missing (e.g. mean)."
                 )
+        return array
+
+    def predict_inputs(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        """`predict` on inputs `model_inputs` made: the model in batches, then the task's
+        reading of its outputs (see `predict` for what comes back)."""
         inputs = torch.from_numpy(array).to(self.device)
         batch_size = self.config.trainer.batch_size
         self.model.eval()

@@ -20,7 +20,7 @@ from torchloom.assemble import load_data, registries
 from torchloom.config import Config, validate
 from torchloom.data import Data, Preprocess
 from torchloom.errors import TorchloomError
-from torchloom.io import atomic_write_json, load_tensors, save_tensors
+from torchloom.io import atomic_write_json, load_tensors, save_tensors, sha256
 from torchloom.run import Run
 from torchloom.tasks import make_task
 from torchloom.train.callbacks import (
@@ -28,6 +28,8 @@ from torchloom.train.callbacks import (
 )
 
 RUN_FORMAT = 1
+# The files `load_run` builds a model from; their SHA-256 goes into summary.json at the end.
+MODEL_FILES = ("config.yaml", "model.safetensors", "preprocess.json", "task.json")
 
 
 def model_section(model: nn.Module) -> dict:
@@ -81,6 +83,10 @@ def finish_run_dir(run: Run, state: TrainState, seconds: float, then=()) -> None
         summary["test"] = run.evaluate("test")
     if run.task.state():  # what the task chose after training (thresholds), for load_run
         atomic_write_json(run_dir / "task.json", run.task.state())
+    if status == "completed":  # what a server checks before it serves the run
+        summary["sha256"] = {
+            name: sha256(run_dir / name) for name in MODEL_FILES if (run_dir / name).is_file()
+        }
     atomic_write_json(run_dir / "summary.json", summary)
     run.summary = summary
     # The doctor's facts (a baseline fit among them) belong to the record a program reads: they
@@ -268,3 +274,36 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
                 "doctor reads it."
             ) from None
     return run
+
+
+def verify_run_files(run_dir: Path) -> None:
+    """Check the files a model is built from against the hashes summary.json recorded when
+    training ended (what `torchloom serve` does before it loads a run).
+
+    Raises:
+        TorchloomError: no recorded hashes, a file that changed, or one added since.
+    """
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise TorchloomError(f"{run_dir / 'summary.json'}: cannot be read ({error}).") from None
+    recorded = summary.get("sha256") if isinstance(summary, dict) else None
+    if not isinstance(recorded, dict) or not recorded:
+        raise TorchloomError(
+            f"{run_dir}: summary.json records no file hashes (the run did not complete, or an "
+            "older torchloom trained it), so its files cannot be checked. Train it again."
+        )
+    for name in MODEL_FILES:
+        path = run_dir / name
+        if name not in recorded:
+            if path.is_file():
+                raise TorchloomError(
+                    f"{path}: appeared after training ended (summary.json records no hash for "
+                    "it). Remove it, or train the run again."
+                )
+            continue
+        if not path.is_file() or sha256(path) != recorded[name]:
+            raise TorchloomError(
+                f"{path}: differs from the file training wrote (its SHA-256 is not the one in "
+                "summary.json). Restore it, or train the run again."
+            )

@@ -82,6 +82,11 @@ class Preprocess:
             standardize: True (per channel for images, per feature otherwise), "per_feature",
                 "per_channel", or False (no scaling).
         """
+        if train_features.ndim >= 3 and train_features.size:
+            # Images: the pixel values' range, so a served model can read a PNG (0..255) in
+            # the data's own units (digits run 0..16).
+            low, high = float(train_features.min()), float(train_features.max())
+            self.extra["pixel_range"] = [low, high]
         if standardize is True:
             self.per = "channel" if train_features.ndim == 4 else "feature"
         elif standardize in ("per_feature", "per_channel"):
