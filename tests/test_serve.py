@@ -109,6 +109,13 @@ def assert_rows_match(answers: list[dict], frame: pd.DataFrame) -> None:
             assert abs(probability - row[f"probability/{name}"]) <= 1e-6
 
 
+def assert_same_row(got: dict, want: dict) -> None:
+    """The same class, probabilities within 1e-6 (a pass over other rows may round apart)."""
+    assert got["class"] == want["class"]
+    for name, value in want["probabilities"].items():
+        assert abs(got["probabilities"][name] - value) <= 1e-6
+
+
 def test_a_table_with_text_columns_and_blanks_answers_what_predict_answers(runs, tmp_path):
     from palmerpenguins import load_penguins
 
@@ -137,6 +144,9 @@ def test_a_table_with_text_columns_and_blanks_answers_what_predict_answers(runs,
         assert bad.status_code == 422
         problems = {tuple(map(str, d["loc"])) for d in bad.json()["detail"]}
         assert ("body", "inputs", "1", "Row", "sex") in problems  # names the missing field
+        for cell in (True, 1e300):  # a JSON true is no number; 1e300 is no float32
+            odd = server.post([{**rows[0], "bill_depth_mm": cell}])
+            assert odd.status_code == 422, odd.text
         text_for_a_number = server.post([{**rows[0], "bill_length_mm": "long"}])
         assert text_for_a_number.status_code == 422, text_for_a_number.text
         assert "bill_length_mm" in text_for_a_number.json()["detail"][0]["msg"]
@@ -180,6 +190,16 @@ def test_a_text_run_and_an_image_run_answer_what_predict_answers(runs, tmp_path)
         expected = tl.load_run(runs["image"], data=False).predict((pixels / 255.0 * 16)[None])
         assert got["class"] == str(int(expected["class"][0]))
         assert abs(got["probabilities"]["0"] - float(expected["probabilities"][0, 0])) <= 1e-6
+        # One request, three layouts: (8, 8), flat, and the PNG; each answered as alone.
+        mixed = server.post([images[0].tolist(), images[1].reshape(-1).tolist(), png])
+        assert mixed.status_code == 200, mixed.text
+        alone = [*answer.json()["predictions"][:2], got]
+        for shared, single in zip(mixed.json()["predictions"], alone, strict=True):
+            assert_same_row(shared, single)
+        cut = base64.b64encode(buffer.getvalue()[:41]).decode()  # a whole header, no pixels
+        damaged = server.post([cut])
+        assert damaged.status_code == 422
+        assert damaged.json()["detail"][0]["msg"].startswith("a damaged PNG (")
         wrong = server.post([[[1.0] * 7] * 8, "not base64!"])
         assert wrong.status_code == 422
         assert "the model takes 1x8x8 pixels" in wrong.json()["detail"][0]["msg"]
@@ -236,9 +256,7 @@ def test_concurrent_requests_share_passes_and_get_their_own_rows_in_order(runs):
         shared = [answer.json()["predictions"][0] for answer in answers]
         one_pass = server.post(rows).json()["predictions"]
         for mine, single in zip(shared[:8], alone, strict=True):
-            assert mine["class"] == single["class"]
-            for name, value in single["probabilities"].items():
-                assert abs(mine["probabilities"][name] - value) <= 1e-6
+            assert_same_row(mine, single)
         assert [row["class"] for row in shared] == [row["class"] for row in one_pass]
     finally:
         assert server.stop() == 0

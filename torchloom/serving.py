@@ -30,6 +30,7 @@ import ipaddress
 import os
 import signal
 import socket
+import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -155,7 +156,20 @@ class Served:
                 f"{channels}x{height}x{width} pixels ((height, width), (height, width, "
                 "channels), (channels, height, width) or flat)",
             )
-        return array
+        return self._arranged(index, array)
+
+    def _arranged(self, index: int, array: np.ndarray) -> np.ndarray:
+        """One image as (channels, height, width), from any layout `predict` takes: the inputs
+        of one request may each come in another."""
+        from torchloom.data.preprocess import arrange_inputs
+
+        try:
+            return arrange_inputs(array[None], self.input_shape)[0]
+        except DataError:
+            try:  # a single image given in a layout arrange_inputs reads as a batch of them
+                return arrange_inputs(array, self.input_shape)[0]
+            except DataError as error:
+                raise InputError(index, str(error)) from None
 
     def _png(self, index: int, text: str) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
@@ -174,17 +188,26 @@ class Served:
                 f"a {image.size[0]}x{image.size[1]} image; the model takes {width}x{height} "
                 "(width x height): resize it first",
             )
-        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+        try:  # the pixels are decoded here: a truncated or damaged file fails now
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+        except (OSError, ValueError, SyntaxError, struct.error) as error:
+            raise InputError(index, f"a damaged PNG ({error}): send the whole file") from None
         low, high = self.pixel_range
-        return (low + pixels / 255.0 * (high - low)).astype(np.float32)
+        return self._arranged(index, (low + pixels / 255.0 * (high - low)).astype(np.float32))
 
     def model_inputs(self, inputs: list) -> np.ndarray:
         """What the model takes for these inputs, or an `InputError` naming the bad one."""
         features = self.features(inputs)
         try:
-            return self.run.model_inputs(features)
+            array = self.run.model_inputs(features)
         except DataError as error:
             raise InputError(_row_of(str(error)), str(error)) from None
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            row = int(np.argwhere(~np.isfinite(array.reshape(len(array), -1)))[0][0])
+            raise InputError(
+                row, "a value is infinite, or too large for the model's float32 once scaled"
+            )
+        return array
 
     # --- what goes out ----------------------------------------------------------------------
 
@@ -461,10 +484,11 @@ def metadata_version() -> str:
 
 def request_models(served: Served):
     """The pydantic models of this run's request and answer (what the OpenAPI schema shows)."""
-    from pydantic import BaseModel, ConfigDict, Field, create_model
+    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model
 
     if served.kind == "table":
-        cell: Any = float | str | None if served.raw_rows else float | None
+        # Strict: a JSON true is not the number 1, nor "1.5" a number (ints are numbers).
+        cell: Any = StrictFloat | str | None if served.raw_rows else StrictFloat | None
         fields: dict[str, Any] = {
             f"column_{i}": (cell, Field(alias=name)) for i, name in enumerate(served.columns)
         }
@@ -484,7 +508,7 @@ def request_models(served: Served):
         description = "raw texts, as torchloom predict reads them one a line"
     elif served.kind == "image":
         channels, height, width = served.input_shape
-        nested = list[float] | list[list[float]] | list[list[list[float]]]
+        nested = list[StrictFloat] | list[list[StrictFloat]] | list[list[list[StrictFloat]]]
         item = Annotated[str, Field(max_length=8 * 2**20)] | nested
         description = (
             f"images: a {width}x{height} base64 PNG, or the pixels as nested lists in the "
@@ -492,7 +516,7 @@ def request_models(served: Served):
             f"{channels}x{height}x{width} or flat)"
         )
     else:
-        item = Annotated[list[float | None], Field(min_length=1)]
+        item = Annotated[list[StrictFloat | None], Field(min_length=1)]
         description = "series histories, oldest first, in the series' units (null for a gap)"
     extra: dict[str, Any] = {}
     if served.kind == "forecast":
@@ -618,6 +642,7 @@ def serve(
         sock.bind((host, port))
     except OSError as error:
         raise TorchloomError(f"cannot listen on {host}:{port} ({error.strerror}).") from None
+    sock.listen(2048)  # connections wait in the backlog from now until uvicorn accepts them
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(
