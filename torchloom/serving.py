@@ -32,6 +32,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +46,10 @@ INSTALL = "pip install 'torchloom[serve]'"
 TOKEN_VARIABLE = "TORCHLOOM_SERVE_TOKEN"
 # The most inputs one request may carry, and the most rows one forward pass takes.
 MAX_INPUTS = 1024
+# A forward pass quicker than this runs on the event loop itself: handing it to the model's
+# thread and back costs about 0.1 ms, as much as a small MLP's whole pass, while blocking the
+# loop this long delays other requests by no more (docs/serve.md, "Micro-batching").
+INLINE_PASS_SECONDS = 1e-3
 # Generative runs make samples rather than answer inputs.
 NOT_SERVED = {"vae": "a VAE", "gan": "a GAN"}
 
@@ -276,8 +281,9 @@ class Batcher:
     """Concurrent requests share forward passes.
 
     A request's model inputs wait in a queue; one task takes every input waiting (up to
-    `max_batch` rows, and after at most `wait` seconds for more), runs one forward pass on the
-    model's thread and hands each request its rows, in order. A lone request does not wait
+    `max_batch` rows, and after at most `wait` seconds for more), runs one forward pass (on the
+    model's thread, or on the event loop while passes take under `INLINE_PASS_SECONDS`) and
+    hands each request its rows, in order. A lone request does not wait
     unless `wait` is set: while one pass runs, the next requests queue up and go together.
     """
 
@@ -289,6 +295,9 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="torchloom-model")
         self.task: asyncio.Task | None = None
         self.passes = 0
+        # How long the last pass took: the first goes to the model's thread, and while passes
+        # stay quicker than INLINE_PASS_SECONDS they run on the event loop.
+        self.pass_seconds = float("inf")
 
     def start(self) -> None:
         self.executor.submit(torch.set_num_threads, self.threads).result()
@@ -326,11 +335,20 @@ class Batcher:
                 rows += len(item[0])
             await self._pass(loop, items)
 
+    def _timed(self, batch: np.ndarray) -> list[dict]:
+        started = time.perf_counter()
+        answers = self.served.predict(batch)
+        self.pass_seconds = time.perf_counter() - started
+        return answers
+
     async def _pass(self, loop, items: list) -> None:
         batch = np.concatenate([array for array, _ in items])
         self.passes += 1
         try:
-            answers = await loop.run_in_executor(self.executor, self.served.predict, batch)
+            if self.pass_seconds < INLINE_PASS_SECONDS:
+                answers = self._timed(batch)  # on the event loop: quicker than a thread hop
+            else:
+                answers = await loop.run_in_executor(self.executor, self._timed, batch)
         except Exception as error:  # the model failed: every waiting request hears of it
             for _, future in items:
                 if not future.done():
