@@ -387,3 +387,38 @@ def test_the_page_predicts_in_a_real_browser(runs, tmp_path):
         assert (tmp_path / "image-page.png").stat().st_size > 1000
     finally:
         assert table.stop() == 0 and image.stop() == 0
+
+
+def test_a_failing_pass_answers_its_requests_with_the_error_and_the_batcher_goes_on():
+    import torch
+
+    from torchloom.serving import Batcher
+
+    class Flaky:
+        calls = 0
+
+        def predict(self, batch):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("the model failed")
+            return [{"value": float(value)} for value in batch[:, 0]]
+
+    async def main():
+        batcher = Batcher(Flaky(), max_batch=8, wait=0.0, threads=torch.get_num_threads())
+        batcher.start()
+        try:
+            with pytest.raises(RuntimeError, match="the model failed"):
+                await batcher.submit(np.ones((1, 2), np.float32))
+            # Two requests whose rows cannot share a pass (2 and 3 columns) land in one.
+            both = await asyncio.gather(
+                batcher.submit(np.ones((1, 2), np.float32)),
+                batcher.submit(np.ones((1, 3), np.float32)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(error, ValueError) for error in both)
+            rows, shared = await batcher.submit(np.full((2, 2), 3.0, np.float32))
+            assert rows == [{"value": 3.0}, {"value": 3.0}] and shared == 2
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())

@@ -342,14 +342,15 @@ class Batcher:
         return answers
 
     async def _pass(self, loop, items: list) -> None:
-        batch = np.concatenate([array for array, _ in items])
         self.passes += 1
-        try:
+        rows = sum(len(array) for array, _ in items)
+        try:  # whatever fails, the waiting requests hear of it and the batcher goes on
+            batch = np.concatenate([array for array, _ in items])
             if self.pass_seconds < INLINE_PASS_SECONDS:
                 answers = self._timed(batch)  # on the event loop: quicker than a thread hop
             else:
                 answers = await loop.run_in_executor(self.executor, self._timed, batch)
-        except Exception as error:  # the model failed: every waiting request hears of it
+        except Exception as error:
             for _, future in items:
                 if not future.done():
                     future.set_exception(error)
@@ -357,7 +358,7 @@ class Batcher:
         start = 0
         for array, future in items:
             if not future.done():  # a client that went away has cancelled its future
-                future.set_result((answers[start : start + len(array)], len(batch)))
+                future.set_result((answers[start : start + len(array)], rows))
             start += len(array)
 
 
