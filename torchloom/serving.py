@@ -188,6 +188,8 @@ class Served:
             raise InputError(index, "a string that is not base64: send a base64 PNG") from None
         except UnidentifiedImageError:
             raise InputError(index, "not a PNG image: send a base64 PNG") from None
+        except (OSError, SyntaxError, struct.error) as error:  # cut inside its header
+            raise InputError(index, f"a damaged PNG ({error}): send the whole file") from None
         if image.size != (width, height):  # read from the header, before any pixel is decoded
             raise InputError(
                 index,
