@@ -201,6 +201,9 @@ def test_a_text_run_and_an_image_run_answer_what_predict_answers(runs, tmp_path)
             damaged = server.post([cut])
             assert damaged.status_code == 422, damaged.text
             assert damaged.json()["detail"][0]["msg"].startswith("a damaged PNG (")
+        # A 100,000 x 100,000 PNG header in 57 bytes: Pillow's decompression-bomb refusal.
+        bomb = server.post(["iVBORw0KGgoAAAANSUhEUgABhqAAAYagCAAAAACNOVQUAAAAAElFTkSuQmCC"])
+        assert bomb.status_code == 422, bomb.text
         wrong = server.post([[[1.0] * 7] * 8, "not base64!"])
         assert wrong.status_code == 422
         assert "the model takes 1x8x8 pixels" in wrong.json()["detail"][0]["msg"]
