@@ -132,3 +132,19 @@ def test_loader_resumes_mid_epoch_with_the_same_batches():
     again = [t for _, t in resumed]
     assert len(again) == 7 and all(torch.equal(a, b) for a, b in zip(again, rest, strict=True))
     assert sorted(torch.cat(seen + again).tolist()) == list(range(40))
+
+
+def test_a_held_out_split_of_one_sample_or_too_few_to_stratify_is_named():
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    with pytest.raises(tl.DataError) as one:
+        tl.data.from_arrays(x, x[:, 0] * 2.0, val=0.05, test=0)  # regression: not stratified
+    assert str(one.value) == (
+        "data 'arrays': the val split would hold 1 of 20 samples; at least 2 are needed to "
+        "measure anything. Use more data or set data.val: 0."
+    )
+    with pytest.raises(tl.DataError) as few:
+        tl.data.from_arrays(x, np.array([0] * 10 + [1] * 9 + [2]), val=0.2, test=0)
+    message = str(few.value)
+    assert message.startswith("data 'arrays': cannot hold out val (The least populated class")
+    assert "Classes with too few members are: [2]" in message
+    assert message.endswith("Use a larger dataset or a different data.val fraction.")

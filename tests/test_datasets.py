@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import torchloom as tl
-from tests.conftest import REPO
+from tests.conftest import REPO, missing
 from torchloom.errors import DataError
 from torchloom.train.callbacks import TrainingInterrupted
 
@@ -448,9 +448,7 @@ class Net(nn.Module):  # the tutorial's LeNet, unchanged
 @pytest.mark.slow
 def test_the_tutorials_cifar10_script_runs_with_only_its_data_lines_changed():
     if not FASHION.is_dir():
-        if os.environ.get("TORCHLOOM_REQUIRE_DATASETS"):
-            pytest.fail("Fashion-MNIST missing: apt-get install -y dataset-fashion-mnist")
-        pytest.skip("apt-get install -y dataset-fashion-mnist")
+        missing("Fashion-MNIST", "apt-get install -y dataset-fashion-mnist")
     trainset, testset = PaddedFashion(True, 12000), PaddedFashion(False, 2000)
     trainloader = DataLoader(trainset, batch_size=100, shuffle=True, num_workers=2)
     testloader = DataLoader(testset, batch_size=100, shuffle=False, num_workers=2)

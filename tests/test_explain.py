@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import torchloom as tl
-from tests.conftest import run_cli
+from tests.conftest import require, run_cli
 
-pytest.importorskip("captum", reason="the explain extra: pip install 'torchloom[explain]'")
+require("captum", "the explain extra: pip install 'torchloom[explain]'")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import torchloom as tl
+from tests.conftest import everything_required
 from tests.image_files import write_cifar_folder, write_idx_folder, write_image_folder
 from torchloom.data.images import FASHION_MNIST_DIR
 from torchloom.data.preprocess import Preprocess
@@ -81,7 +82,7 @@ def test_idx_files_that_are_broken_are_named(tmp_path):
 def fashion_mnist_installed() -> bool:
     if Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file():
         return True
-    if os.environ.get("TORCHLOOM_REQUIRE_DATASETS"):
+    if everything_required():
         pytest.fail(f"Fashion-MNIST is not in {FASHION_MNIST_DIR}; .ci/run installs it.")
     return False
 

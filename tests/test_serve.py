@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 
 import torchloom as tl
-from tests.conftest import REPO
+from tests.conftest import REPO, missing, require
 
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+httpx = require("httpx", "pip install -e '.[dev]'")
+require("fastapi", "pip install -e '.[serve]'")
+require("uvicorn", "pip install -e '.[serve]'")
 
 TORCHLOOM = [sys.executable, "-m", "torchloom"]
 
@@ -344,15 +344,13 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(runs):
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        if os.environ.get("TORCHLOOM_REQUIRE_DATASETS") == "1":
-            pytest.fail("chromium is not installed: apt-get install -y chromium")
-        pytest.skip("chromium is not installed: apt-get install -y chromium")
+        missing("chromium", "apt-get install -y chromium")
     return path
 
 
 @pytest.mark.slow
 def test_the_page_predicts_in_a_real_browser(runs, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = require("playwright.sync_api", "pip install -e '.[dev]'")
     executable = chromium()
     table, image = Server(runs["iris"]), Server(runs["image"])
     try:

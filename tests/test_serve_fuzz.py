@@ -37,13 +37,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import torchloom as tl
-from tests.conftest import REPO
+from tests.conftest import REPO, require
 
-schemathesis = pytest.importorskip("schemathesis")
-requests = pytest.importorskip("requests")  # what schemathesis sends its requests with
-Image = pytest.importorskip("PIL.Image")  # image runs read PNG inputs with Pillow
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+schemathesis = require("schemathesis", "pip install -e '.[dev]'")
+requests = require("requests", "pip install -e '.[dev]'")  # what schemathesis sends with
+Image = require("PIL.Image", "pip install -e '.[serve]'")  # image runs read PNGs with Pillow
+require("fastapi", "pip install -e '.[serve]'")
+require("uvicorn", "pip install -e '.[serve]'")
 
 TORCHLOOM = [sys.executable, "-m", "torchloom"]
 # The requests Hypothesis makes for POST /predict, by run kind: (fitting, breaking) the schema.

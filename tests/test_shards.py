@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import Dataset
 
 import torchloom as tl
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, require, run_cli
 from torchloom.errors import DataError, TorchloomError
 
-pytest.importorskip("litdata", reason="shards need litdata (see docs/shards.md)")
+require("litdata", "shards need litdata: make install (see docs/shards.md)")
 
 
 class DigitImages(Dataset):

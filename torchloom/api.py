@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -22,19 +24,23 @@ from torchloom.assemble import (
 )
 from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
 from torchloom.data import Data
-from torchloom.errors import DataError, TorchloomError, did_you_mean
+from torchloom.errors import DataError, StorageError, TorchloomError, did_you_mean
 from torchloom.io import atomic_write_json, atomic_write_text
 from torchloom.run import Run
 from torchloom.rundir import (
     RUN_FORMAT,
+    check_resumable,
+    discard_unstarted,
     finish_run_dir,
     launch_dir,
     load_run,
     make_run_dir,
     model_section,
     read_run_config,
+    refuse_finished,
 )
 from torchloom.train.callbacks import (
+    EVENTS,
     Callback,
     Dispatcher,
     NonFiniteError,
@@ -129,6 +135,7 @@ def from_options(model, data, options: dict, caller: str) -> tuple[Config, nn.Mo
     config = validate(raw, context=registries(), source=f"{caller}() options")
     if isinstance(model, str):
         model = models.build(model)
+    _check_model(model)
     if data_module.is_dataset(data):  # the user's own Dataset, IterableDataset or DataLoader
         data = _dataset_data(data, config)
     elif isinstance(data, tuple | list):
@@ -142,6 +149,41 @@ def from_options(model, data, options: dict, caller: str) -> tuple[Config, nn.Mo
             seed=config.trainer.seed,
         )
     return config, model, data
+
+
+def _check_model(model: object) -> None:
+    """A model is an `nn.Module` instance (or a zoo name, already built)."""
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise TorchloomError(
+            f"model: got the class {model.__name__}, not a model; pass an instance: "
+            f"{model.__name__}(...)."
+        )
+    if not isinstance(model, nn.Module):
+        raise TorchloomError(
+            f"model: expected an nn.Module or a zoo name such as 'mlp', got "
+            f"{type(model).__name__}. Wrap a function in an nn.Module whose forward calls it."
+        )
+
+
+def _check_data(data: object) -> None:
+    if not isinstance(data, Data):
+        raise DataError(
+            f"data: expected (features, targets) arrays, a torchloom Data (tl.data.load, "
+            f"tl.data.from_arrays) or a Dataset/DataLoader of your own; got "
+            f"{type(data).__name__}. Pass, e.g., data=(x, y)."
+        )
+
+
+def _check_callbacks(callbacks: list) -> None:
+    """Each callback is a `Callback` (or has every event method, which is all dispatch reads)."""
+    for index, callback in enumerate(callbacks):
+        if not isinstance(callback, Callback) and not all(
+            hasattr(type(callback), event) for event in EVENTS
+        ):
+            raise TorchloomError(
+                f"callbacks[{index}]: expected a torchloom Callback, got "
+                f"{type(callback).__name__}. Subclass torchloom.Callback and pass an instance."
+            )
 
 
 def fit_config(
@@ -193,6 +235,16 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TorchloomError(f"trainer.device: '{name}' asked for, but no CUDA GPU is available.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TorchloomError(
+            f"trainer.device: '{name}' asked for, but this machine has "
+            f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TorchloomError(
+            f"trainer.device: '{name}' asked for, but this machine's PyTorch has no MPS (Apple "
+            "GPU) support. Use device: auto or cpu."
+        )
     return device
 
 
@@ -209,24 +261,46 @@ def _fit(
     With `resume_dir`, the newest complete checkpoint there is restored and training continues
     in that directory exactly as if it had never stopped.
     """
+    _check_data(data)
+    _check_callbacks(callbacks)
+    asked_to_resume = resume_dir is not None  # by resume(), not by a torchrun restart
     seed_everything(config.trainer.seed)  # the same seed on every rank: identical draws
     world = World.from_environment()  # a single process unless started by torchrun
     device = _start_world(world, config)
     try:
         setup = build(model, data, config, device, world)  # every check; nothing written yet
         resume_dir = _torchrun_restart(setup, resume_dir)
-        checkpoint = None if resume_dir is None else find_resumable(resume_dir / "checkpoints")[1]
+        checkpoint = None
+        if resume_dir is not None:
+            folder, checkpoint = find_resumable(resume_dir / "checkpoints")
+            if world.is_main:  # said before anything else happens: where this process starts
+                info = checkpoint["state"]
+                print(
+                    f"resuming {resume_dir} from {folder.name} (step {info['step']}, epoch "
+                    f"{info['epoch'] + 1})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         _check_extras(config, resume_dir)
         # What predicting and exporting read of the data, on a fresh or a resumed run alike.
         shape = {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
         data.preprocess.extra.update(shape)
+        opened = resume_dir is None  # a run directory made by this call
         run_dir = resume_dir or _open_run_dir(setup, data, world)
         if not world.is_main:
             run_dir = None  # rank 0 writes; the other ranks read checkpoints from resume_dir
         state = TrainState(setup, run_dir=run_dir, callbacks=_callbacks(setup, run_dir, callbacks))
         if checkpoint is not None:
             restore(state, checkpoint)  # RNG states last: nothing below draws random numbers
-        return _train(setup, state, data.preprocess)
+        if asked_to_resume and resume_dir is not None:
+            # Here, once restore has checked the process count: nothing is written before it.
+            refuse_finished(resume_dir)
+        try:
+            return _train(setup, state, data.preprocess)
+        except DataError:  # a bad sample of a dataset read as it trains (a label out of range)
+            if opened and run_dir is not None:
+                discard_unstarted(run_dir)
+            raise
     finally:
         world.stop()
 
@@ -268,10 +342,17 @@ def _open_run_dir(setup: Setup, data: Data, world: World) -> Path | None:
     if not (output.dir and world.is_main):
         return None
     run_dir = make_run_dir(output.dir, output.name, setup.model, data)
-    if world.active:
-        atomic_write_json(run_dir / "launch.json", launch_record(world))
-    atomic_write_text(run_dir / "config.yaml", to_yaml(setup.config, _resolved(setup, data)))
-    atomic_write_json(run_dir / "preprocess.json", data.preprocess.to_json())
+    try:
+        if world.active:
+            atomic_write_json(run_dir / "launch.json", launch_record(world))
+        atomic_write_text(run_dir / "config.yaml", to_yaml(setup.config, _resolved(setup, data)))
+        atomic_write_json(run_dir / "preprocess.json", data.preprocess.to_json())
+    except StorageError as error:  # no half-made run directory is left behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise StorageError(
+            f"{error} The new run directory was removed; make room (or fix the folder), then "
+            "start the run again."
+        ) from None
     return run_dir
 
 
@@ -383,7 +464,16 @@ def _finish(setup: Setup, state: TrainState, preprocess, started: float) -> Run:
             for callback in state.callbacks
             if type(callback).on_run_finished is not Callback.on_run_finished
         ]
-        finish_run_dir(run, state, time.perf_counter() - started, then=uploads)
+        try:
+            finish_run_dir(run, state, time.perf_counter() - started, then=uploads)
+        except StorageError as error:
+            then = (
+                "its checkpoints are intact; make room (or fix the folder), then finish the run "
+                f"with: torchloom train --resume {state.run_dir}"
+                if setup.config.output.checkpoints
+                else "it saved no checkpoints (output.checkpoints=false): train it again"
+            )
+            raise StorageError(f"{error} Training ended at step {state.step}; {then}") from None
     return run
 
 
@@ -416,10 +506,12 @@ def resume(
         callbacks: extra callbacks.
 
     Raises:
-        TorchloomError: no loadable checkpoint (it never silently starts fresh).
+        TorchloomError: no loadable checkpoint (it never silently starts fresh), a run that
+            already completed, a damaged summary.json or preprocess.json.
     """
     run_dir = Path(run_dir)
     config, model, has_source = read_run_config(run_dir, model)
+    check_resumable(run_dir)
     if data is None:
         if not has_source:
             raise TorchloomError(

@@ -18,7 +18,7 @@ from torchloom import transfer as transfer_module
 from torchloom.config import Config, ConfigError
 from torchloom.data import Augment, BatchLoader, Data, DatasetSplit, Split
 from torchloom.data.placement import place
-from torchloom.errors import DataError, did_you_mean
+from torchloom.errors import DataError, TorchloomError, did_you_mean
 from torchloom.tasks import TASKS, make_task
 from torchloom.tasks import option_problems as task_option_problems
 from torchloom.train.callbacks import (
@@ -71,8 +71,8 @@ def load_data(config: Config) -> Data:
     """The data a config names, split and preprocessed with its seed."""
     seed = config.trainer.seed if config.data.seed is None else config.data.seed
     options = config.data.source_options()
-    if config.data.name == "csv" and config.task:
-        options["task"] = config.task
+    if config.data.name == "csv" and config.task in ("classification", "regression"):
+        options["task"] = config.task  # other tasks read the table as it is
     return data_module.load(
         config.data.name,
         val=config.data.val,
@@ -120,7 +120,8 @@ def build(
     model = model.to(device)
     if optimizer is None:
         optimizer = _fresh_model(model, sample, data, task, config, device)
-    criterion = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
+    loss_name = config.loss.name or task.default_loss
+    criterion = optim.make_loss(loss_name, task.num_outputs, **config.loss.options)
     loss_fn = task.batch_loss(criterion.to(device))  # loss(outputs, inputs, targets)
     # 0: an iterable dataset of unknown length (no per-step schedule, no accumulation)
     steps_per_epoch = 0 if loader.batch_sizes is None else -(-len(loader) // trainer.accumulate)
@@ -215,9 +216,27 @@ def _fresh_model(model, sample, data: Data, task, config: Config, device) -> tor
         parameters = transfer_module.parameter_groups(
             model, loaded.loaded if loaded else [], transfer.backbone_lr
         )
+    _check_trainable(model)
     options = config.optimizer.options
     options = {**optim.device_options(config.optimizer.name, options, device), **options}
     return optim.make_optimizer(parameters, config.optimizer.name, **options)
+
+
+def _check_trainable(model: nn.Module) -> None:
+    """A model with nothing to train fails in the optimizer or the first backward otherwise."""
+    parameters = list(model.parameters())
+    if any(parameter.requires_grad for parameter in parameters):
+        return
+    what = (
+        "it has no parameters"
+        if not parameters
+        else f"all {len(parameters)} of its parameters have requires_grad=False"
+    )
+    raise TorchloomError(
+        f"model {type(model).__name__} has nothing to train: {what}, so the optimizer would "
+        "update nothing. Give it layers with weights (nn.Linear, ...), or unfreeze some "
+        "(parameter.requires_grad_(True), or fewer transfer.freeze patterns)."
+    )
 
 
 def stream_loader(data: Data, task, config: Config, device: torch.device, world: World):
@@ -358,12 +377,28 @@ def _task_for(config: Config, data: Data):
         preprocess=data.preprocess,
         **config.task_options,
     )
+    _check_loss(task, config.loss.name)
     for split_name in ("train", "val", "test"):
         split = getattr(data, split_name)
         if split is not None and not split.streamed:  # a dataset's batches are checked as read
             task.check_targets(split.targets, f"{data.name} {split_name} targets")
     task.check_data(data)
     return task
+
+
+def _check_loss(task, name: str | None) -> None:
+    """A loss that cannot train the task (mse on class indices) stops here, not in the first
+    step's broadcasting error."""
+    if name is None or not task.losses or name in task.losses:
+        return
+    choices = task.losses[0] if len(task.losses) == 1 else f"one of {', '.join(task.losses)}"
+    raise ConfigError(
+        [
+            f"loss.name: '{name}' cannot train a {task.name} task, whose targets are "
+            f"{task.targets_are}. Use {choices}, or leave loss unset for {task.default_loss}."
+        ],
+        source="config",
+    )
 
 
 def _check_own_step(task, config: Config, world: World) -> None:

@@ -266,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     except TorchloomError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as error:
+        if error.filename is None:
+            raise
+        # A path given on the command line that the system refuses (too long, not readable).
+        print(f"error: {error.filename}: {error.strerror or error}.", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt as interrupt:
         print(f"interrupted: {interrupt}" if str(interrupt) else "interrupted", file=sys.stderr)
         return 128 + getattr(interrupt, "signal", 2)  # 130 for SIGINT, 143 for SIGTERM

@@ -309,18 +309,38 @@ def read_inputs(path: Path, feature_names: list[str], raw: bool = False) -> np.n
 
     With `raw`, CSV columns may hold text and blanks: an object array for `Run.predict` to fill
     and encode as training did."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give an input file (a .csv or .npy).")
     if not path.is_file():
-        raise DataError(f"no such input file '{path}'.")
+        raise DataError(f"no such input file '{path}'. Give a .csv or .npy file of features.")
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False).astype(np.float32)
-        except ValueError as error:
-            raise DataError(f"{path}: not a numeric .npy array ({error}).") from None
+        except (ValueError, OSError, EOFError) as error:
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            if "pickle" in reason:  # numpy's advice (load it unsafely) is not one to pass on
+                reason = "not a .npy array, or one of Python objects, which are never unpickled"
+            raise DataError(
+                f"{path}: not a numeric .npy array ({reason}). Save one with "
+                "numpy.save(path, features.astype('float32'))."
+            ) from None
     if path.suffix != ".csv":
-        raise DataError(f"{path}: expected a .csv or .npy file, got '{path.suffix}'.")
+        raise DataError(
+            f"{path}: expected a .csv or .npy file of features, got '{path.suffix}'. Save the "
+            "inputs as a CSV with the run's feature columns, or as a .npy array."
+        )
     import pandas as pd
 
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise DataError(
+            f"{path}: cannot be read as CSV ({first_line}). Give a comma-separated file with a "
+            f"header row naming the {len(feature_names)} feature columns."
+        ) from None
+    if frame.empty:
+        raise DataError(f"{path}: has a header but no rows to predict. Add one row per sample.")
     if set(feature_names) <= set(map(str, frame.columns)):
         frame = frame[feature_names]  # extra columns (a label, an id) are ignored
     elif frame.shape[1] != len(feature_names):
@@ -334,7 +354,14 @@ def read_inputs(path: Path, feature_names: list[str], raw: bool = False) -> np.n
         return frame.to_numpy(dtype=object)
     non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        raise DataError(f"{path}: column '{non_numeric[0]}' is not numeric.")
+        column = frame[non_numeric[0]]
+        numbers = pd.to_numeric(column, errors="coerce")
+        rows = np.flatnonzero(numbers.isna() & column.notna())
+        where = f" (data row {rows[0] + 1} holds {column.iloc[rows[0]]!r})" if len(rows) else ""
+        raise DataError(
+            f"{path}: column '{non_numeric[0]}' is not numeric{where}. This run was trained on "
+            "numbers; give numbers there."
+        )
     return frame.to_numpy(dtype=np.float32)
 
 
@@ -345,6 +372,21 @@ def read_texts(source: str, column: str) -> list[str]:
     Raises:
         DataError: a missing file or column, or no text at all.
     """
+    try:
+        lines = _text_lines(source, column)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{source}: not UTF-8 text ({error.reason} at byte {error.start}). Save the texts "
+            "as UTF-8, one a line."
+        ) from None
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"{source}: no text to predict; give one text a line.")
+    return texts
+
+
+def _text_lines(source: str, column: str) -> list[str]:
+    """`read_texts`'s lines, blank ones included."""
     if source == "-":
         lines = sys.stdin.read().splitlines()
     else:
@@ -354,7 +396,14 @@ def read_texts(source: str, column: str) -> list[str]:
         if path.suffix == ".csv":
             import pandas as pd
 
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            try:
+                frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+                first_line = (str(error).splitlines() or [type(error).__name__])[0]
+                raise DataError(
+                    f"{path}: cannot be read as CSV ({first_line}). Give a CSV with a header "
+                    f"row and the text column '{column}', or a plain text file."
+                ) from None
             if column not in frame.columns:
                 columns = list(map(str, frame.columns))
                 raise DataError(
@@ -365,10 +414,7 @@ def read_texts(source: str, column: str) -> list[str]:
             lines = frame[column].tolist()
         else:
             lines = path.read_text(encoding="utf-8").splitlines()
-    texts = [line for line in lines if line.strip()]
-    if not texts:
-        raise DataError(f"{source}: no text to predict; give one text a line.")
-    return texts
+    return lines
 
 
 def predictions_frame(predictions: dict[str, np.ndarray], classes: list[str] | None):

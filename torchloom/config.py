@@ -732,8 +732,19 @@ def safe_load(text: str):
 def read_yaml(path: str | Path) -> dict:
     """Read a config file with `yaml.safe_load`; errors name the file and line."""
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(
+            [f"'{path}' is a folder, not a config file; give a YAML file (e.g. examples/...yaml)"],
+            source=str(path),
+        )
     if not file.is_file():
-        raise ConfigError([f"no such config file '{path}'"], source=str(path))
+        looks_like_override = file.suffix not in (".yaml", ".yml") and len(file.parts) == 1
+        hint = (
+            "; an override needs key.subkey=value, e.g. trainer.epochs=5"
+            if looks_like_override
+            else "; check the path (no CONFIG at all trains the built-in default)"
+        )
+        raise ConfigError([f"no such config file '{path}'{hint}"], source=str(path))
     try:
         raw = safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -832,6 +843,12 @@ def format_errors(error: ValidationError) -> list[str]:
             continue
         if item["type"] in ("model_type", "dict_type") and not loc:
             message = "expected a mapping of sections"
+        elif item["type"] == "model_type":  # a section given as a scalar or a list
+            known = _fields_at(Config, loc)
+            message = (
+                f"expected a mapping of its fields ({', '.join(known[:3])}, ...), e.g. "
+                f"{path}: {{{known[0]}: ...}}; got {item['input']!r}"
+            )
         elif not item["type"].startswith("value_error"):
             message = f"{message}; got {item['input']!r}"
         lines.append(f"{path}: {message}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class TorchloomError(ValueError):
@@ -35,6 +36,20 @@ class ConfigError(TorchloomError):
 
 class DataError(TorchloomError):
     """Data that cannot be used as given (a missing column, a wrong shape, an empty split)."""
+
+
+class StorageError(TorchloomError):
+    """A file that could not be written: a full disk, a file-size limit, a read-only or
+    vanished folder. The message names the file and the system's reason."""
+
+
+def write_failure(path, error: OSError) -> StorageError:
+    """The error for an `OSError` raised while writing `path`."""
+    reason = error.strerror or type(error).__name__
+    folder = Path(path).parent
+    if not folder.exists():
+        reason += f"; the folder {folder} does not exist (removed while the run was writing?)"
+    return StorageError(f"could not write {path}: {reason}.")
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

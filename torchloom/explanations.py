@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from torchloom.errors import DataError, TorchloomError
-from torchloom.plotting import pyplot
+from torchloom.plotting import drawing, plot_path, pyplot
 
 METHODS = ("integrated_gradients", "saliency")
 CAPTUM_MISSING = (
@@ -87,6 +87,7 @@ class Explanation:
             payload["max_abs_convergence_delta"] = float(np.abs(self.convergence_delta).max())
         return payload
 
+    @drawing
     def plot_bars(self, path: str | Path, top: int = 15) -> Path:
         """A horizontal bar chart of the `top` features' mean |attribution| (colour: sign)."""
         plt = pyplot()
@@ -107,6 +108,7 @@ class Explanation:
         self.plots.append(Path(path))
         return Path(path)
 
+    @drawing
     def plot_heatmap(self, path: str | Path) -> Path:
         """For image inputs: the (mean) input beside its signed attribution map."""
         if self.image_shape is None:
@@ -195,6 +197,8 @@ def explain(
 
         run = load_run(run, data=False)
     refuse_text(run)
+    if plot is not None:
+        plot = plot_path(plot, "explain: plot")
     features = _model_inputs(run, inputs, preprocessed)
     model = run.model.eval()
     device = run.device

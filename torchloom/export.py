@@ -3,10 +3,18 @@
     torchloom export runs/mlp-digits-20261127-101500 --format onnx      # -> .../model.onnx
     torchloom.export.export(run, "torchscript", "model.pt")
 
-The exported model takes raw inputs, as `torchloom predict` does: the standardization fitted on
-the training split (preprocess.json) is folded into the graph as its first operation. It returns
-the network's raw outputs: logits for classification (softmax gives the probabilities; the class
-names are stored with the file), values for regression. The batch dimension is dynamic.
+The exported model takes raw inputs, as `torchloom predict` does: what training fitted on the
+training split (preprocess.json) is folded into the graph in front of the network, so far as it
+is tensor arithmetic: the fills of missing numeric values (NaN in, the fitted value or the learned
+imputer's reconstruction out), the 0/1 missing indicators and the standardization. Text cannot
+enter a tensor, so a run whose inputs are text (a tokenizer, a sentence encoder, one-hot encoded
+text columns) is refused with a message that says what to use instead; so are the generative
+tasks (vae, gan), which have no prediction from an input to export.
+
+The outputs are what each task's prediction is made from, in the units `predict` gives: logits
+for classification and multilabel (softmax or sigmoid gives the probabilities; the class names
+and thresholds are stored with the file), values for regression and forecasting (in the series'
+own units), the reconstruction error score for anomaly detection. The batch dimension is dynamic.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch
 from torch import nn
 
 from torchloom.data import Preprocess
+from torchloom.data.missing import ColumnPrep
 from torchloom.errors import TorchloomError
 from torchloom.io import atomic_write_bytes
 from torchloom.run import Run
@@ -32,24 +41,106 @@ FORMATS: dict[str, str] = {
     "exported-program": "model.pt2",
 }
 
+# Task name -> what the exported model returns (the `torchloom.outputs` metadata).
+OUTPUTS: dict[str, str] = {
+    "classification": "logits",
+    "multilabel": "logits",
+    "regression": "values",
+    "forecast": "values",
+    "anomaly": "score",
+}
+
 ONNX_INSTALL = 'pip install "torchloom[onnx]"'
 
 
+class Fills(nn.Module):
+    """Missing numeric values filled as training fitted them, then the 0/1 indicators.
+
+    The tensor form of `ColumnPrep.transform` for tables without text columns: (batch,
+    num_columns) raw rows, NaN where blank, in; (batch, num_features) out, in the order of
+    `ColumnPrep.output_names`. A column trained with no fill (strategy drop, or none) keeps
+    its NaN, where `predict` refuses the row.
+
+    Args:
+        columns: the fitted fills, learned imputer and indicators (no categorical column).
+    """
+
+    fill: torch.Tensor  # buffers, registered in __init__
+    learned_mask: torch.Tensor
+    learned_mean: torch.Tensor
+    learned_std: torch.Tensor
+
+    def __init__(self, columns: ColumnPrep):
+        super().__init__()
+        assert not columns.categorical  # `refusal` turned such runs away
+        names = columns.names
+        fill = [columns.fill.get(name) for name in names]
+        nan = float("nan")  # no fill: the gap stays a gap
+        self.register_buffer(
+            "fill", torch.tensor([nan if f is None else float(f) for f in fill]), persistent=False
+        )
+        self.indicators = [names.index(name) for name in columns.indicators]
+        self.imputer: nn.Module | None = None
+        learned = columns.learned
+        mask = [name in columns.learned_columns for name in names]
+        self.register_buffer("learned_mask", torch.tensor(mask), persistent=False)
+        mean, std = torch.zeros(len(names)), torch.ones(len(names))  # unused without one
+        if learned is not None:
+            from torchloom.data.imputer import DenoisingImputer
+
+            self.imputer = DenoisingImputer(len(names), learned["hidden"])
+            weights = {name: torch.tensor(value) for name, value in learned["weights"].items()}
+            self.imputer.load_state_dict(weights)
+            mean = torch.tensor(learned["mean"], dtype=torch.float32)
+            std = torch.tensor(learned["std"], dtype=torch.float32)
+        self.register_buffer("learned_mean", mean, persistent=False)
+        self.register_buffer("learned_std", std, persistent=False)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        # rows: (batch, num_columns) raw values, NaN where blank
+        missing = torch.isnan(rows)
+        values = rows
+        if self.imputer is not None:
+            # The learned imputer reads every column, gaps zeroed, in its own standardization,
+            # and fills only the columns it was chosen for (as `apply_learned_imputer` does).
+            scaled = torch.where(missing, 0.0, (rows - self.learned_mean) / self.learned_std)
+            rebuilt = self.imputer(scaled, (~missing).float())
+            rebuilt = rebuilt * self.learned_std + self.learned_mean
+            values = torch.where(missing & self.learned_mask, rebuilt, values)
+        values = torch.where(torch.isnan(values), self.fill, values)
+        if not self.indicators:
+            return values
+        indicators = missing[:, self.indicators].float()  # (batch, num_indicators)
+        return torch.cat([values, indicators], dim=1)
+
+
 class Preprocessed(nn.Module):
-    """The network with its saved input standardization in front: `model((x - mean) / std)`.
+    """The network with its saved preprocessing in front and its task's reading behind:
+    `head(model((fills(x) - mean) / std))`.
 
     Args:
         model: the trained network.
-        preprocess: what training fitted (mean and std per feature or per channel, or none).
-        input_shape: the shape of one sample, e.g. (64,) or (1, 28, 28).
+        preprocess: what training fitted (fills, mean and std per feature or per channel).
+        input_shape: the shape of one model input, e.g. (64,) or (1, 28, 28) (for tables with
+            fills: the encoded features, not the raw columns).
+        task: the run's task; "forecast" scales the outputs back to the series' units (with
+            the series' mean and std), "anomaly" returns each sample's reconstruction error.
     """
 
     mean: torch.Tensor  # buffers, registered in __init__
     std: torch.Tensor
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess, input_shape: tuple[int, ...]):
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess,
+        input_shape: tuple[int, ...],
+        task: str = "classification",
+    ):
         super().__init__()
         self.model = model
+        self.task = task
+        self.fills = Fills(preprocess.columns) if preprocess.columns is not None else None
         if preprocess.mean is None:
             mean, std = torch.zeros(1), torch.ones(1)  # no scaling: an identity, kept for shape
         else:
@@ -59,14 +150,72 @@ class Preprocessed(nn.Module):
                 # (channels,) -> (channels, 1, 1): broadcast over each image's pixels.
                 trailing = (1,) * (len(input_shape) - 1)
                 mean, std = mean.reshape(-1, *trailing), std.reshape(-1, *trailing)
-            else:  # one value per feature: the sample's own shape, e.g. (1, 8, 8) for images
+            elif len(mean) > 1:  # one value per feature: the sample's shape, e.g. (1, 8, 8)
                 mean, std = mean.reshape(input_shape), std.reshape(input_shape)
+            # else one value for every input (a series' windows): it broadcasts as it is
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         # inputs: (batch, *input_shape) raw values, as in the data source
-        return self.model((inputs - self.mean) / self.std)
+        features = inputs if self.fills is None else self.fills(inputs)
+        scaled = (features - self.mean) / self.std
+        outputs = self.model(scaled)
+        if self.task == "forecast":  # (batch, horizon), scaled like the series: its own units
+            return outputs * self.std + self.mean
+        if self.task == "anomaly":
+            # `reconstruction_error`, the score `predict` gives, with `flatten(1)` for its
+            # `reshape(len(outputs), -1)`: `len` would fix the batch size into the graph.
+            difference = outputs.float().flatten(1) - scaled.float().flatten(1)
+            return difference.square().mean(dim=1)  # (batch,)
+        return outputs
+
+
+def refusal(run: Run) -> str | None:
+    """Why `run` cannot be exported to take raw inputs, or None when it can.
+
+    The reason names what cannot be folded in and what to use instead, which `export` raises.
+    """
+    where = str(run.dir) if run.dir is not None else "this run"
+    run_dir = str(run.dir) if run.dir is not None else "RUN_DIR"
+    task = run.task.name
+    if task in ("vae", "gan"):
+        why = (
+            "its forward draws fresh noise on every call, so no file can repeat its outputs"
+            if task == "gan"
+            else "it generates samples rather than predicting from inputs"
+        )
+        return (
+            f"export: {where} is a {task} run, and {why}; export writes models that predict "
+            f"({', '.join(OUTPUTS)}). Draw samples with `torchloom predict {run_dir} --samples "
+            "N` instead."
+        )
+    if task not in OUTPUTS:
+        return (
+            f"export: {where} is a {task} run, whose outputs export does not know how to read; "
+            f"it exports {', '.join(OUTPUTS)} runs. Predict with `torchloom predict {run_dir} "
+            "INPUT` instead."
+        )
+    preprocess = run.preprocess
+    if preprocess.tokenizer is not None:
+        step = (
+            "tokenized with the vocabulary in preprocess.json"
+            if preprocess.vocab_size is not None
+            else f"embedded by the sentence encoder '{getattr(preprocess.tokenizer, 'name', '')}'"
+        )
+        what = f"it is a text run: its inputs are raw strings, {step}"
+    elif preprocess.columns is not None and preprocess.columns.categorical:
+        names = ", ".join(f"'{name}'" for name in preprocess.columns.categorical)
+        plural = "s" if len(preprocess.columns.categorical) > 1 else ""
+        what = f"column{plural} {names} {'are' if plural else 'is'} one-hot encoded from text"
+    else:
+        return None
+    return (
+        f"export: cannot fold the preprocessing of {where} into the file: {what}, and an "
+        f"exported graph takes tensors of numbers, not text. Serve the run instead (`torchloom "
+        f"serve {run_dir}`) or predict with `torchloom predict {run_dir} INPUT`: both take raw "
+        "inputs and encode them as training did."
+    )
 
 
 def export(run: Run | str | Path, format: str, path: str | Path | None = None) -> Path:
@@ -83,8 +232,10 @@ def export(run: Run | str | Path, format: str, path: str | Path | None = None) -
         The path written. The write is atomic: a failed export leaves no file behind.
 
     Raises:
-        TorchloomError: an unknown format, no path for a run without a directory, or the ONNX
-            packages missing (with the `pip install` line that brings them).
+        TorchloomError: an unknown format, no path for a run without a directory, the ONNX
+            packages missing (with the `pip install` line that brings them), or a run whose
+            preprocessing cannot be folded in (text inputs) or whose task does not predict
+            (vae, gan); nothing is written then.
 
     Example:
         >>> export("runs/mlp-digits", "onnx")
@@ -96,6 +247,9 @@ def export(run: Run | str | Path, format: str, path: str | Path | None = None) -
         from torchloom.api import load_run
 
         run = load_run(run, data=False)
+    reason = refusal(run)
+    if reason is not None:
+        raise TorchloomError(reason)
     if path is None:
         if run.dir is None:
             raise TorchloomError(
@@ -107,8 +261,10 @@ def export(run: Run | str | Path, format: str, path: str | Path | None = None) -
         path = path / FORMATS[format]
     if not path.parent.is_dir():
         raise TorchloomError(f"export: folder {path.parent} does not exist; create it first.")
-    input_shape = tuple(run.preprocess.extra["input_shape"])
-    module = Preprocessed(run.model, run.preprocess, input_shape).to("cpu").eval()
+    input_shape = raw_input_shape(run.preprocess)
+    model_shape = tuple(run.preprocess.extra["input_shape"])
+    module = Preprocessed(run.model, run.preprocess, model_shape, run.task.name)
+    module = module.to("cpu").eval()
     # Two samples, not one: an exporter may specialize a batch of size 1 into the graph.
     example = torch.zeros(2, *input_shape)
     metadata = _metadata(run, format)
@@ -121,15 +277,29 @@ def export(run: Run | str | Path, format: str, path: str | Path | None = None) -
     return path
 
 
+def raw_input_shape(preprocess: Preprocess) -> tuple[int, ...]:
+    """One raw sample's shape, as the exported model takes it: the raw columns of a table with
+    fills (before its indicators are added), else the model's own input shape."""
+    if preprocess.columns is not None:
+        return (len(preprocess.columns.names),)
+    return tuple(preprocess.extra["input_shape"])
+
+
 def _metadata(run: Run, format: str) -> dict[str, str]:
-    """What a consumer needs to read the outputs: task, class names, the folded preprocessing."""
+    """What a consumer needs to read the outputs: task, class names, thresholds, the raw input
+    columns and the folded preprocessing."""
+    preprocess = run.preprocess
+    fills = "" if preprocess.columns is None else ", NaN where a value is blank"
     return {
         "torchloom.task": run.task.name,
-        "torchloom.classes": json.dumps(run.preprocess.classes),
-        "torchloom.outputs": "logits" if run.task.name == "classification" else "values",
-        "torchloom.input_shape": json.dumps(["batch", *run.preprocess.extra["input_shape"]]),
-        "torchloom.preprocess": json.dumps(run.preprocess.to_json()),
-        "torchloom.preprocessing": "folded in: the model takes raw inputs",
+        "torchloom.classes": json.dumps(preprocess.classes),
+        "torchloom.outputs": OUTPUTS[run.task.name],
+        # The decision rule on the outputs: multilabel thresholds, the anomaly threshold.
+        "torchloom.task_state": json.dumps(run.task.state()),
+        "torchloom.input_shape": json.dumps(["batch", *raw_input_shape(preprocess)]),
+        "torchloom.input_columns": json.dumps(preprocess.input_columns),
+        "torchloom.preprocess": json.dumps(preprocess.to_json()),
+        "torchloom.preprocessing": f"folded in: the model takes raw inputs{fills}",
         "torchloom.format": format,
     }
 

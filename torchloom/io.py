@@ -6,22 +6,43 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from torchloom.errors import TorchloomError, write_failure
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Write `payload` to `path` so a reader sees the old file or the whole new one, never half."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as error:  # a read-only or vanished folder
+        raise write_failure(path, error) from None
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a file-size limit
+            raise write_failure(path, error) from None
         raise
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Writes to `path` inside this block that fail (a full disk, a vanished folder) raise a
+    `StorageError` naming it, not a bare `OSError`."""
+    try:
+        yield
+    except OSError as error:
+        raise write_failure(path, error) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -51,8 +72,6 @@ def sha256(path: str | Path) -> str:
 def load_tensors(path: str | Path) -> dict:
     """Tensors from a safetensors file; anything else (a pickle) is refused, never run."""
     from safetensors.torch import load_file
-
-    from torchloom.errors import TorchloomError
 
     try:
         return load_file(path)

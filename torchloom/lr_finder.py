@@ -12,6 +12,7 @@ from torch import nn
 
 from torchloom import api
 from torchloom.data import Data
+from torchloom.plotting import drawing, plot_path
 
 
 @dataclass
@@ -66,6 +67,8 @@ def lr_find(
         raise api.TorchloomError(
             f"lr_find: expected 0 < start_lr < end_lr, got {start_lr}, {end_lr}."
         )
+    if plot is not None:
+        plot = plot_path(plot, "lr_find: plot")
     config, model, data = api.from_options(model, data, options, "lr_find")
     api.seed_everything(config.trainer.seed)
     device = api.resolve_device(config.trainer.device)
@@ -125,6 +128,7 @@ def _sweep(setup, start_lr, end_lr, num_steps, smoothing, diverge):
     return rates, losses
 
 
+@drawing
 def plot_sweep(result: LRFindResult, path: Path) -> Path:
     """A loss-versus-learning-rate plot (log x axis) marking the suggestion."""
     import matplotlib

@@ -108,28 +108,77 @@ def make_optimizer(parameters, name: str = "sgd", **options) -> torch.optim.Opti
     problems = option_problems("optimizer", name, options, "optimizer")
     if problems:
         raise TorchloomError(" ".join(problems))
-    if "betas" in options:
-        options["betas"] = tuple(options["betas"])
-    return optimizer_class(parameters, **options)
+    try:  # PyTorch checks the values (a negative weight_decay, betas outside [0, 1))
+        if "betas" in options:
+            options["betas"] = tuple(options["betas"])
+        return optimizer_class(parameters, **options)
+    except (TypeError, ValueError) as error:
+        raise TorchloomError(refused("optimizer", name, optimizer_class, error)) from None
 
 
-def make_loss(name: str, **options) -> nn.Module:
+def refused(kind: str, name: str, built: type, error: Exception) -> str:
+    """The message for an option value PyTorch's `built` refused when `kind` `name` was made."""
+    return (
+        f"{kind} '{name}': {error} (raised by {built.__module__}.{built.__qualname__}). Fix "
+        f"that value in the config's {kind} section."
+    )
+
+
+def make_loss(name: str, num_outputs: int | None = None, **options) -> nn.Module:
     """Create a loss module by name.
 
     Args:
         name: "cross_entropy", "nll", "mse", "l1", "smooth_l1" or "bce_with_logits".
+        num_outputs: the classes (or labels) the model predicts, which class_weights and
+            pos_weight must match; None skips that check.
         **options: label_smoothing, class_weights (a list, one per class), ignore_index, beta,
             pos_weight (a list, one per output).
 
     Raises:
-        TorchloomError: unknown name or option.
+        TorchloomError: unknown name or option, or a value the loss cannot take.
     """
     loss_class = lookup(LOSSES, name, "loss")
     problems = option_problems("loss", name, options, "loss")
+    problems = problems or loss_value_problems(options, num_outputs)
     if problems:
         raise TorchloomError(" ".join(problems))
     if "class_weights" in options:
         options["weight"] = torch.as_tensor(options.pop("class_weights"), dtype=torch.float32)
     if "pos_weight" in options:
         options["pos_weight"] = torch.as_tensor(options["pos_weight"], dtype=torch.float32)
-    return loss_class(**options)
+    try:
+        return loss_class(**options)
+    except (TypeError, ValueError) as error:
+        raise TorchloomError(refused("loss", name, loss_class, error)) from None
+
+
+def loss_value_problems(options: dict, num_outputs: int | None) -> list[str]:
+    """Loss option values PyTorch would refuse only inside the first training step."""
+
+    def is_number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    problems = []
+    smoothing = options.get("label_smoothing", 0.0)
+    if not is_number(smoothing) or not 0 <= smoothing <= 1:
+        problems.append(f"loss.label_smoothing: expected a number in [0, 1], got {smoothing!r}.")
+    ignore_index = options.get("ignore_index", -100)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        problems.append(f"loss.ignore_index: expected a class index, got {ignore_index!r}.")
+    for key, one_per, plural in (
+        ("class_weights", "class", "classes"),
+        ("pos_weight", "label", "labels"),
+    ):
+        weights = options.get(key)
+        if weights is None or (key == "pos_weight" and is_number(weights)):
+            continue  # a single pos_weight applies to every label
+        if not isinstance(weights, list | tuple) or not all(map(is_number, weights)):
+            problems.append(
+                f"loss.{key}: expected a list of numbers, one per {one_per}, got {weights!r}."
+            )
+        elif num_outputs is not None and len(weights) != num_outputs:
+            problems.append(
+                f"loss.{key}: {len(weights)} weights for {num_outputs} {plural}; give one "
+                f"per {one_per}, in the order of the data's classes."
+            )
+    return problems

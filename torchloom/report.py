@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from torchloom.io import atomic_write_text
+from torchloom.plotting import DRAWING
 from torchloom.plotting import figure as new_figure
 
 
@@ -153,15 +154,16 @@ def render_report(parts: ReportParts) -> Path:
     run, summary, diagnosis = parts.run, parts.summary, parts.diagnosis
     plots = run.dir / "plots"
     plots.mkdir(exist_ok=True)
-    images = plot_curves(parts.history, plots)
-    if parts.confusion is not None:
-        matrix, classes, split = parts.confusion
-        path = plots / "confusion_matrix.png"
-        images.append(plot_confusion(matrix, classes, path, f"Confusion ({split})"))
-    if parts.diagnostics:
-        plotted = plot_diagnostics(parts.diagnostics, plots / "diagnostics.png")
-        if plotted is not None:
-            images.append(plotted)
+    with DRAWING:
+        images = plot_curves(parts.history, plots)
+        if parts.confusion is not None:
+            matrix, classes, split = parts.confusion
+            path = plots / "confusion_matrix.png"
+            images.append(plot_confusion(matrix, classes, path, f"Confusion ({split})"))
+        if parts.diagnostics:
+            plotted = plot_diagnostics(parts.diagnostics, plots / "diagnostics.png")
+            if plotted is not None:
+                images.append(plotted)
     lines = [f"# Run {run.dir.name}", ""]
     lines.append(
         f"{run.task.name}, {summary['epochs']} epochs, {summary['steps']} optimizer steps, "

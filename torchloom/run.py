@@ -12,7 +12,7 @@ from torch import nn
 from torchloom.config import Config
 from torchloom.data import Data, Preprocess, Split
 from torchloom.data.preprocess import arrange_inputs
-from torchloom.errors import DataError
+from torchloom.errors import DataError, did_you_mean
 from torchloom.tasks import Task
 from torchloom.tasks.base import BatchLoss
 from torchloom.train.loop import Evaluator
@@ -129,14 +129,24 @@ class Run:
         Raises:
             DataError: inputs that do not fit the run (a NaN it cannot fill, a wrong shape).
         """
+        if isinstance(features, torch.Tensor):  # numpy reads no bfloat16: widen it first
+            features = features.detach().cpu()
+            features = features.float() if features.dtype == torch.bfloat16 else features
+            features = features.numpy()
         if self.preprocess.tokenizer is not None:
             array = self._text_inputs(features, preprocessed)
         elif self.preprocess.columns is not None and not preprocessed:
             if hasattr(features, "columns"):  # a DataFrame: its input columns, by name
-                features = features[self.preprocess.input_columns].to_numpy(dtype=object)
+                features = features[self._named_columns(features)].to_numpy(dtype=object)
             array = self.preprocess.transform(features)  # fills, encodes, scales
         else:
-            array = np.asarray(features, dtype=np.float32)
+            try:
+                array = np.asarray(features, dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                raise DataError(
+                    f"predict: inputs must be numbers, as the run was trained on ({error}). "
+                    "Give a numeric array of shape (num_samples, ...)."
+                ) from None
             expected = tuple(self.preprocess.extra.get("input_shape", array.shape[1:]))
             # Images may come channels-last, without the channel axis, or as flat rows.
             array = arrange_inputs(array, expected)
@@ -150,7 +160,26 @@ class Run:
                     "data.missing, so it cannot fill it. Fill the value, or retrain with "
                     "data.missing (e.g. mean)."
                 )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            # An infinite input (or one float32 cannot hold once scaled) gives NaN outputs.
+            row = int(np.argwhere(~np.isfinite(array.reshape(len(array), -1)))[0][0])
+            raise DataError(
+                f"input row {row}: a value is infinite, NaN, or too large for the model's "
+                "float32 once scaled. Give finite numbers within the range the run was trained on."
+            )
         return array
+
+    def _named_columns(self, frame) -> list[str]:
+        """The run's input columns, each of which the DataFrame `frame` must have."""
+        names = self.preprocess.input_columns
+        given = [str(column) for column in frame.columns]
+        missing = [name for name in names if name not in given]
+        if missing:
+            raise DataError(
+                f"inputs have no column '{missing[0]}'.{did_you_mean(missing[0], given)} The "
+                f"model reads {len(names)} columns: {', '.join(names)}."
+            )
+        return names
 
     def predict_inputs(self, array: np.ndarray) -> dict[str, np.ndarray]:
         """`predict` on inputs `model_inputs` made: the model in batches, then the task's
@@ -173,20 +202,40 @@ class Run:
     def _text_inputs(self, texts, preprocessed: bool) -> np.ndarray:
         """(num_samples, max_len) token ids for raw strings, as training tokenized them (or
         (num_samples, dimensions) embeddings with a sentence encoder)."""
-        if preprocessed and self.preprocess.vocab_size is None:  # sentence embeddings
-            return np.asarray(texts, dtype=np.float32)
+        vocab_size = self.preprocess.vocab_size
         if preprocessed:
-            ids = np.asarray(texts)
+            try:  # sentence embeddings, or token ids
+                ids = np.asarray(texts, dtype=np.float32 if vocab_size is None else None)
+            except (TypeError, ValueError) as error:
+                raise DataError(
+                    f"preprocessed text inputs: expected a (num_samples, ...) array ({error})."
+                ) from None
+            if vocab_size is None:
+                return ids
             if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
                 raise DataError(
                     f"preprocessed text inputs: expected (num_samples, length) integer token ids, "
                     f"got an array of {ids.dtype} with shape {ids.shape}."
                 )
+            if ids.size and not 0 <= ids.min() <= ids.max() < vocab_size:
+                raise DataError(
+                    f"preprocessed text inputs: token ids run from {ids.min()} to {ids.max()}; "
+                    f"the run's vocabulary has ids 0..{vocab_size - 1}."
+                )
             return ids.astype(np.int64, copy=False)
         if isinstance(texts, str):
             texts = [texts]  # one text, not a sequence of characters
+        if hasattr(texts, "columns"):  # a DataFrame: its text column (not its column names)
+            texts = texts[self._named_columns(texts)[0]]
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise DataError(
+                f"text inputs: expected a string or a list of strings, got "
+                f"{type(texts).__name__} ({texts!r:.60})."
+            ) from None
         # An object array keeps each item as given: the tokenizer names any that is not a string.
-        return self.preprocess.transform(np.asarray(list(texts), dtype=object))
+        return self.preprocess.transform(np.asarray(texts, dtype=object))
 
     def sample(self, count: int, seed: int = 0, *, scaled: bool = False) -> np.ndarray:
         """`count` new samples from a generative run (vae, gan), in the data's own units.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from torchloom import data as data_module
 from torchloom.assemble import load_data, registries
 from torchloom.config import Config, validate
 from torchloom.data import Data, Preprocess
-from torchloom.errors import TorchloomError
+from torchloom.errors import StorageError, TorchloomError
 from torchloom.io import atomic_write_json, load_tensors, save_tensors, sha256
 from torchloom.run import Run
 from torchloom.tasks import make_task
@@ -162,15 +163,21 @@ def make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> P
     data_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.name).stem)  # a CSV path: its stem
     base = name or f"{model_name}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     root_path = Path(root)
-    root_path.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, 1000):
-        candidate = root_path / (base if attempt == 1 else f"{base}-{attempt}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise TorchloomError(f"output.dir: cannot create a run directory under {root}.")
+    try:
+        root_path.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            candidate = root_path / (base if attempt == 1 else f"{base}-{attempt}")
+            try:
+                candidate.mkdir()  # atomic: two runs started at once get one folder each
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as error:  # read-only, a file in the way, no room
+        raise StorageError(
+            f"output.dir: cannot create a run directory under {root} ({error.strerror or error}). "
+            "Choose a folder you can write to: output.dir=PATH (or output_dir= in Python)."
+        ) from None
+    raise StorageError(f"output.dir: cannot create a run directory under {root}.")
 
 
 def read_run_config(run_dir: Path, model: nn.Module | None) -> tuple[Config, nn.Module, bool]:
@@ -193,7 +200,13 @@ def read_run_config(run_dir: Path, model: nn.Module | None) -> tuple[Config, nn.
             f"{run_dir}: written by a newer torchloom (run format {version}); this version "
             f"({__version__}) reads formats up to {RUN_FORMAT}. Upgrade torchloom."
         )
-    model_section = dict(raw.pop("model", None) or {})
+    for section in ("model", "data"):
+        if not isinstance(raw.get(section), dict) or not raw[section]:
+            raise TorchloomError(
+                f"{run_dir / 'config.yaml'}: no {section} section, so the run cannot be rebuilt; "
+                "it is not the file training wrote. Restore it, or train the run again."
+            )
+    model_section = dict(raw.pop("model"))
     if model is None:
         if model_section.get("name") == "custom":
             raise TorchloomError(
@@ -231,7 +244,8 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
                 f"{run_dir}: no {name}; the run did not complete (see summary.json). "
                 f"Resume it with: torchloom train --resume {run_dir}"
             )
-    preprocess = Preprocess.from_json(json.loads((run_dir / "preprocess.json").read_text()))
+    read_summary(run_dir)  # a damaged one says so here, not in whatever reads it next
+    preprocess = read_preprocess(run_dir)
     task = make_task(
         config.task or preprocess.task,
         num_outputs=preprocess.extra["num_outputs"],
@@ -252,7 +266,15 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
     example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)
     num_outputs = preprocess.extra["num_outputs"] if task.uses_targets else None
     models.materialize(model, example, num_outputs, preprocess.vocab_size)
-    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    try:
+        model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())  # torch lists every key: keep its first points
+        raise TorchloomError(
+            f"{run_dir / 'model.safetensors'}: its weights do not fit the model config.yaml "
+            f"describes ({detail[:200]}...). config.yaml was edited, a different model was "
+            "given, or the files come from different runs: restore them, or train again."
+        ) from None
     model.eval()
     criterion = optim.make_loss(config.loss.name or task.default_loss, **config.loss.options)
     loaded_data = load_data(config) if data and has_source else None
@@ -274,6 +296,93 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
                 "doctor reads it."
             ) from None
     return run
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """Remove a run directory that training just opened and that holds no committed checkpoint:
+    a run stopped by its data before its first checkpoint can be neither resumed nor loaded,
+    and a user mistake leaves nothing behind."""
+    if any((run_dir / "checkpoints").glob("step-*/manifest.json")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def read_json_object(path: Path, holds: str) -> dict:
+    """A run directory's JSON file as a dict; a damaged one is named with what it `holds`.
+
+    Raises:
+        TorchloomError: not valid JSON, or not a JSON object.
+    """
+    fix = f"It holds {holds}: restore it, or train the run again."
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TorchloomError(f"{path}: not valid JSON ({error}). {fix}") from None
+    if not isinstance(payload, dict):
+        raise TorchloomError(
+            f"{path}: expected a JSON object, got a {type(payload).__name__}. {fix}"
+        )
+    return payload
+
+
+def read_preprocess(run_dir: Path) -> Preprocess:
+    """The run's preprocess.json, checked for what rebuilding the model and predicting read."""
+    path = run_dir / "preprocess.json"
+    holds = "the feature names, scaling and classes that prediction needs"
+    payload = read_json_object(path, holds)
+    extra: dict = payload["extra"] if isinstance(payload.get("extra"), dict) else {}
+    missing = [key for key in ("task", "feature_names") if key not in payload]
+    missing += [key for key in ("input_shape", "num_outputs") if key not in extra]
+    if missing:
+        raise TorchloomError(
+            f"{path}: no '{missing[0]}' entry, so the model cannot be rebuilt; it is not the "
+            f"file training wrote. It holds {holds}: restore it, or train the run again."
+        )
+    try:
+        return Preprocess.from_json(payload)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise TorchloomError(
+            f"{path}: malformed ({type(error).__name__}: {error}). It holds {holds}: restore "
+            "it, or train the run again."
+        ) from None
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json (None before the run ended), checked to be readable."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    return read_json_object(path, "how the run ended (status, steps, test metrics, file hashes)")
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Refuse to resume a run whose summary.json or preprocess.json is damaged (a resume
+    would finish the run with them as they are).
+
+    Raises:
+        TorchloomError: naming the file and what is wrong with it.
+    """
+    read_summary(run_dir)
+    if (run_dir / "preprocess.json").is_file():
+        read_preprocess(run_dir)
+
+
+def refuse_finished(run_dir: Path) -> None:
+    """Refuse to resume a run that has nothing left to do. One whose summary says completed
+    but whose report was never drawn (killed while drawing it) is still resumed: that
+    finishes it.
+
+    Raises:
+        TorchloomError: the run completed, with what to do instead.
+    """
+    summary = read_summary(run_dir)
+    if summary and summary.get("status") == "completed" and (run_dir / "report.html").is_file():
+        raise TorchloomError(
+            f"{run_dir}: already completed ({summary.get('epochs')} epochs, step "
+            f"{summary.get('steps')}; see summary.json), so there is nothing to resume. To train "
+            "longer, start a new run with more trainer.epochs (transfer.source: "
+            f"{run_dir} starts it from these weights)."
+        )
 
 
 def verify_run_files(run_dir: Path) -> None:

@@ -33,6 +33,8 @@ def from_arrays(
     Args:
         features: (num_samples, ...) array-like of numbers.
         targets: (num_samples,) class indices, or (num_samples,) / (num_samples, k) floats.
+            For classification, one-hot rows (num_samples, num_classes) are taken as the
+            class of their 1 (Keras' `to_categorical` targets).
         task: "classification", "regression", "multilabel" ((num_samples, num_labels) 0/1
             targets) or "anomaly" ((num_samples,) 0/1 targets, 1 = anomaly); inferred when
             None (integer targets are classes).
@@ -79,6 +81,11 @@ def check_arrays(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
             "Reshape a single feature column to (n, 1)."
         )
     features = features.astype(np.float32, copy=False)
+    if features.ndim == 2 and features.shape[1] == 0:
+        raise DataError(
+            f"features: shape {tuple(features.shape)} has no feature columns. Give at least one "
+            "feature per sample."
+        )
     if not (np.issubdtype(targets.dtype, np.number) or targets.dtype == bool):
         raise DataError(
             f"targets: expected numbers, got an array of {targets.dtype}. Map labels to class "
@@ -103,16 +110,28 @@ def task_targets(
         DataError: an unknown task, class indices that are not one per sample or are negative.
     """
     if task == "classification":
+        if targets.ndim == 2 and _one_hot(targets):
+            classes = classes or [str(i) for i in range(targets.shape[1])]
+            targets = targets.argmax(axis=1)
         if targets.ndim != 1:
             raise DataError(
-                f"classification targets must be one class index per sample, shape (n,); "
-                f"got shape {tuple(targets.shape)}."
+                f"classification targets must be one class index per sample, shape (n,), or "
+                f"one-hot rows; got shape {tuple(targets.shape)}{_not_one_hot(targets)}"
             )
+        if not np.issubdtype(targets.dtype, np.integer) and targets.dtype != bool:
+            fractional = targets[targets != np.round(targets)]
+            if len(fractional):
+                raise DataError(
+                    f"classification targets must be whole class indices; got {targets.dtype} "
+                    f"values such as {float(fractional[0]):g}. Use task: regression for "
+                    "continuous targets, or map labels to 0..num_classes-1."
+                )
         targets = targets.astype(np.int64)
         if len(targets) and targets.min() < 0:
+            row = int(np.argmin(targets))
             raise DataError(
-                f"class indices must be 0 or more; found {int(targets.min())}. "
-                "Map your labels to 0..num_classes-1."
+                f"targets: class indices must be 0 or more; found {int(targets[row])} at row "
+                f"{row}. Map your labels to 0..num_classes-1."
             )
         count = int(targets.max()) + 1 if len(targets) else 0
         return targets, classes or [str(i) for i in range(count)]
@@ -125,6 +144,32 @@ def task_targets(
     raise DataError(
         f"task: expected 'classification', 'regression', 'multilabel' or 'anomaly', got '{task}'."
     )
+
+
+def _one_hot(targets: np.ndarray) -> bool:
+    """Is every row all zeros but a single 1 (with at least two columns)?"""
+    if targets.shape[1] < 2 or not len(targets):
+        return False
+    with np.errstate(invalid="ignore"):
+        binary = ((targets == 0) | (targets == 1)).all()
+    return bool(binary and (targets.sum(axis=1) == 1).all())
+
+
+def _not_one_hot(targets: np.ndarray) -> str:
+    """Why 2-D targets are not taken as classes, and what to give instead."""
+    if targets.ndim == 2 and len(targets):
+        sums = targets.sum(axis=1)
+        if (targets >= 0).all() and np.allclose(sums, 1, atol=1e-4):
+            return (
+                ", rows of class probabilities (soft labels). Give one class per sample: "
+                "y.argmax(axis=1)."
+            )
+        if ((targets == 0) | (targets == 1)).all():
+            return (
+                ", 0/1 rows with several (or no) 1s. For several labels per sample use task: "
+                "multilabel; for one class each, give its index."
+            )
+    return ". Give one class index per sample."
 
 
 def _to_numpy(values, what: str) -> np.ndarray:

@@ -37,6 +37,9 @@ def option_problems(name: str, options: dict, where: str = "data") -> list[str]:
     return unknown_option_problems(f"data source '{name}'", options, known, where)
 
 
+LOAD_KEYWORDS = ("val", "test", "seed", "standardize", "missing", "stream")
+
+
 def load(
     name: str,
     *,
@@ -138,8 +141,10 @@ def _read_source(name: str, source, options: dict):
 
         from torchloom.errors import unknown_option_message
 
-        known = list(inspect.signature(source).parameters)
-        bad = next(k for k in options if k not in known)
+        own = list(inspect.signature(source).parameters)
+        bad = next(k for k in options if k not in own)
+        # load()'s own keywords too: `vall=` is most likely a misspelled `val=`.
+        known = [*own, *(k for k in LOAD_KEYWORDS if k not in own)]
         raise DataError(unknown_option_message(f"data source '{name}'", bad, known)) from None
 
 

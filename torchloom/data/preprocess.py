@@ -135,7 +135,8 @@ class Preprocess:
             mean, std = mean.reshape(1, -1, *trailing), std.reshape(1, -1, *trailing)
         else:
             mean, std = mean.reshape(-1), std.reshape(-1)
-            features = features.reshape(len(features), -1)
+            # Not -1: with no rows there is nothing to infer it from.
+            features = features.reshape(len(features), int(np.prod(shape[1:])))
         # One new float32 array, scaled in place: the caller's array is never changed, and no
         # temporary of the data's size is made on the way.
         scaled = np.subtract(features, mean, dtype=np.float32)

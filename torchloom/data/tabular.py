@@ -125,13 +125,18 @@ def read_csv_file(path: str, **options):
     import pandas as pd
 
     file = Path(path)
+    if file.is_dir():
+        raise DataError(f"data.path: '{path}' is a folder. Give the path of a CSV file.")
     if not file.is_file():
         raise DataError(f"data.path: no such file '{path}'. Give the path of a CSV file.")
     try:
         return pd.read_csv(file, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: cannot be read as CSV ({first_line}).") from None
+        raise DataError(
+            f"{path}: cannot be read as CSV ({first_line}). Give a comma-separated text file "
+            "with a header row and one row per sample."
+        ) from None
 
 
 def csv(path: str | None = None, target: str | None = None, task: str | None = None) -> Table:
@@ -162,16 +167,34 @@ def _from_frame(frame, target: str, task: str | None, name: str) -> Table:
     if target not in frame.columns:
         from torchloom.errors import did_you_mean
 
+        header = ", ".join(map(str, frame.columns))
+        separator = next((mark for mark in (";", "\t", "|") if mark in header), None)
+        hint = (
+            f" The header looks separated by {separator!r}; torchloom reads comma-separated "
+            "files: save it with commas."
+            if frame.shape[1] == 1 and separator
+            else ""
+        )
         raise DataError(
             f"{name}: no label column '{target}'.{did_you_mean(target, frame.columns)} "
-            f"Columns: {', '.join(map(str, frame.columns))}."
+            f"Columns: {header}.{hint}"
         )
     frame = frame.copy()
     label = frame.pop(target)
+    if frame.shape[1] == 0:
+        raise DataError(
+            f"{name}: the label column '{target}' is its only column, so there are no "
+            "features to learn from. Give the file at least one feature column."
+        )
     categorical = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if label.isna().any():
         row = int(np.flatnonzero(label.isna().to_numpy())[0])
-        raise DataError(f"{name}: label column '{target}' is empty in data row {row + 1}.")
+        blank = int(label.isna().sum())
+        every = "every row" if blank == len(label) else f"{blank} of {len(label)} rows"
+        raise DataError(
+            f"{name}: label column '{target}' is empty in data row {row + 1} ({every}). Fill "
+            "in every label, or drop the rows that have none."
+        )
     # (num_samples, num_columns): text and numbers as objects when any column holds text
     features = frame.to_numpy(dtype=object if categorical else np.float32)
     if task is None:

@@ -10,7 +10,7 @@ options and may take `in_features` and `num_outputs`; left out, they are inferre
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -20,8 +20,14 @@ from torchloom.errors import TorchloomError, lookup, unknown_option_problems
 from torchloom.models.autoencoder import autoencoder, autoencoder_problems, conv_autoencoder
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.generative import conv_vae, dcgan, gan, generative_problems, vae
-from torchloom.models.layers import dry_run, layer_problems, layers, set_num_outputs
-from torchloom.models.mlp import mlp
+from torchloom.models.layers import (
+    OutputHead,
+    dry_run,
+    layer_problems,
+    layers,
+    set_num_outputs,
+)
+from torchloom.models.mlp import mlp, mlp_problems
 from torchloom.models.mobilenet import mobilenet_v2
 from torchloom.models.recurrent import gru, lstm, recurrent_problems, rnn
 from torchloom.models.text import set_vocab_size, text_bag, text_problems, text_rnn
@@ -48,6 +54,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 # Checks of a builder's option values that can run before anything is built.
 OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
+    "mlp": mlp_problems,
     "layers": lambda options: layer_problems(options.get("layers")),
     "convnet": convnet_problems,
     "resnet": resnet_problems,
@@ -129,6 +136,12 @@ def materialize(
     """
     if num_outputs is not None:
         set_num_outputs(model, num_outputs)
+    elif any(isinstance(m, OutputHead) and not m.out_features for m in model.modules()):
+        raise TorchloomError(
+            f"model {model_name(model)} sizes its output layer from the targets, and this "
+            "task learns from the inputs alone (no targets). Use a model built for it (vae, "
+            "conv_vae, gan, dcgan, autoencoder), or give the model num_outputs."
+        )
     if vocab_size is not None:
         set_vocab_size(model, vocab_size)
     lazy = any(is_lazy(p) for p in model.parameters())
@@ -142,8 +155,21 @@ def materialize(
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()  # type: ignore[operator]  # a method, not a Tensor
+    _check_widths(model)
     if num_outputs is None:  # nothing to check (a generative model's outputs may be a tuple)
         return model
+    if not isinstance(output, torch.Tensor):
+        # A tuple or dict whose first element or "logits" is the output (as Hugging Face
+        # models return): every forward, in training, evaluation and prediction alike, gives
+        # that tensor from here on.
+        output = select_output(model, (), output)
+        model.register_forward_hook(select_output)
+    if not output.is_floating_point():
+        raise TorchloomError(
+            f"model {model_name(model)} returns {output.dtype} outputs; training needs float "
+            "outputs (logits or values) to take gradients through. Return the last layer's "
+            "output, before any argmax or rounding."
+        )
     if output.dim() == 4:
         raise TorchloomError(
             f"model gives image-shaped outputs {(-1, *output.shape[1:])} but the data needs "
@@ -163,6 +189,58 @@ def materialize(
             "num_outputs unset so it is inferred."
         )
     return model
+
+
+def select_output(model: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
+    """The tensor a task trains on from what the model's forward returned: itself, a tuple's
+    first element, or a mapping's "logits" (or its only tensor). Used as a forward hook.
+
+    Raises:
+        TorchloomError: an output with no tensor to take, naming what came back.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    name = model_name(model)
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, Mapping):
+        tensors = [key for key, value in output.items() if isinstance(value, torch.Tensor)]
+        if isinstance(output.get("logits"), torch.Tensor):
+            return output["logits"]
+        if len(tensors) == 1:
+            return output[tensors[0]]
+        raise TorchloomError(
+            f"model {name} returns a dict with keys {', '.join(map(repr, output)) or 'none'}; "
+            "training needs one output tensor. Put it under 'logits' (as Hugging Face models "
+            "do), or return the tensor itself."
+        )
+    what = "None" if output is None else type(output).__name__
+    if isinstance(output, tuple | list):
+        what = f"a {what} whose first item is {type(output[0]).__name__ if output else 'missing'}"
+    raise TorchloomError(
+        f"model {name}'s forward returns {what}; expected a tensor of shape (batch, outputs), "
+        "or a tuple whose first item is one. Check that forward ends with a return statement."
+    )
+
+
+def model_name(model: nn.Module) -> str:
+    """How messages name a model: its zoo name ('mlp'), or its class for a module of your own."""
+    spec = getattr(model, "torchloom_build", None)
+    return f"'{spec['name']}'" if spec else type(model).__name__
+
+
+def _check_widths(model: nn.Module) -> None:
+    """A layer with no units (hidden=[8, 0], nn.Linear(4, 0)) runs, but learns nothing and
+    breaks the statistics training records; refuse it by name."""
+    for name, parameter in model.named_parameters():
+        if parameter.numel() == 0 and not is_lazy(parameter):
+            layer, _, kind = name.rpartition(".")
+            module = model.get_submodule(layer)
+            raise TorchloomError(
+                f"model layer '{layer or 'model'}' ({type(module).__name__}) has a zero-sized "
+                f"{kind} {tuple(parameter.shape)}: a layer needs at least one unit. Give every "
+                "layer a positive size, or remove it."
+            )
 
 
 def summary(model: nn.Module, example: torch.Tensor) -> list[dict]:

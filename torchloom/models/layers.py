@@ -249,10 +249,14 @@ def dry_run(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
         if not isinstance(model, nn.Sequential):
             try:
                 return model(example)
-            except (RuntimeError, ValueError) as error:
+            except TorchloomError:
+                raise
+            except Exception as error:  # the user's own forward: a typo fails here too
+                first_line = (str(error).splitlines() or [""])[0]
                 raise TorchloomError(
-                    f"model: a forward pass on a batch of shape {tuple(example.shape)} failed: "
-                    f"{str(error).splitlines()[0]}. Check the model's input size against the data."
+                    f"model {type(model).__name__}: a forward pass on a batch of shape "
+                    f"{tuple(example.shape)} failed with {type(error).__name__}: {first_line}. "
+                    "Fix the model's forward, or match its input size to the data."
                 ) from None
         output = example
         for name, layer in model.named_children():

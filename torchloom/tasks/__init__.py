@@ -27,8 +27,21 @@ TASKS: dict[str, type[Task]] = {
 
 
 def make_task(name: str, **options) -> Task:
-    """The task called `name`, e.g. `make_task("classification", classes=["cat", "dog"])`."""
-    return lookup(TASKS, name, "task")(**options)
+    """The task called `name`, e.g. `make_task("classification", classes=["cat", "dog"])`.
+
+    Raises:
+        ConfigError: an option the task does not take (a config that leaves the task to the
+            data is validated against every task's options, so this is where it shows).
+    """
+    task = lookup(TASKS, name, "task")
+    given = {key: value for key, value in options.items() if key not in _FROM_DATA}
+    problems = option_problems(name, given)
+    if problems:
+        raise ConfigError(problems, source="config")
+    return task(**options)
+
+
+_FROM_DATA = ("num_outputs", "classes", "preprocess")  # what `fit` passes, not the config
 
 
 __all__ = [
@@ -59,7 +72,7 @@ def option_problems(name: str | None, options: dict) -> list[str]:
             option
             for task in tasks
             for option in inspect.signature(task.__init__).parameters
-            if option not in ("self", "num_outputs", "classes", "preprocess")
+            if option not in ("self", *_FROM_DATA)
         }
     )
     where = f"task '{name}'" if name in TASKS else "any task"

@@ -49,6 +49,8 @@ class Anomaly(Task):
 
     name = "anomaly"
     default_loss = "mse"
+    losses = ("mse", "l1", "smooth_l1")
+    targets_are = "the inputs themselves (rebuilt by an autoencoder)"
 
     def __init__(
         self,

@@ -51,6 +51,10 @@ class Task:
     # the gradient scaler, clipping, non-finite skipping). Everything else (logs, callbacks,
     # checkpoints) stays the same.
     train_step: Callable[..., torch.Tensor] | None = None
+    # The registered losses that can train this task (empty: any), and what its targets are,
+    # for the message that refuses another loss before anything trains.
+    losses: tuple[str, ...] = ()
+    targets_are: str = ""
 
     def __init__(
         self,

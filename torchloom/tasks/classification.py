@@ -13,6 +13,8 @@ class Classification(Task):
 
     name = "classification"
     default_loss = "cross_entropy"
+    losses = ("cross_entropy", "nll")
+    targets_are = "class indices (numeric targets need task: regression)"
 
     def metrics(self):
         # torchmetrics is a slow import: only when a run evaluates something.
@@ -73,6 +75,16 @@ class Classification(Task):
                 f"{where}: label {bad} is out of range for a model with {self.num_outputs} "
                 f"outputs (expected 0..{self.num_outputs - 1}). Map labels to class indices or "
                 "widen the output layer."
+            )
+
+    def check_data(self, data) -> None:
+        # One class leaves nothing to learn, and the metrics refuse it mid-run.
+        if self.num_outputs < 2:
+            only = f" ('{self._names[0]}')" if self.num_outputs == 1 else ""
+            raise DataError(
+                f"data '{data.name}': its targets hold a single class{only}; classification "
+                "needs at least two. Check the label column (data.target), or give data with "
+                "more than one class."
             )
 
     def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -29,6 +29,8 @@ class Forecast(Task):
 
     name = "forecast"
     default_loss = "mse"
+    losses = ("mse", "l1", "smooth_l1")
+    targets_are = "the next values of a series"
 
     def __init__(self, num_outputs: int, classes=None, preprocess=None):
         super().__init__(num_outputs, classes, preprocess)

@@ -28,6 +28,8 @@ class Adversarial(Task):
 
     name = "gan"
     default_loss = "gan"
+    losses = ("gan",)
+    targets_are = "real against generated samples"
     uses_targets = False
 
     def metrics(self):

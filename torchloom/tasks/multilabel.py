@@ -30,6 +30,8 @@ class Multilabel(Task):
 
     name = "multilabel"
     default_loss = "bce_with_logits"
+    losses = ("bce_with_logits", "mse", "l1", "smooth_l1")
+    targets_are = "0/1 labels, several per sample"
 
     def __init__(
         self,

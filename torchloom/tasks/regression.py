@@ -13,6 +13,8 @@ class Regression(Task):
 
     name = "regression"
     default_loss = "mse"
+    losses = ("mse", "l1", "smooth_l1", "bce_with_logits")
+    targets_are = "numbers (class labels need integer targets, task: classification)"
 
     def metrics(self):
         from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score

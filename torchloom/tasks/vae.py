@@ -29,6 +29,8 @@ class VariationalAutoencoder(Task):
 
     name = "vae"
     default_loss = "elbo"
+    losses = ("elbo",)
+    targets_are = "the inputs themselves (an ELBO)"
     uses_targets = False
 
     def metrics(self):

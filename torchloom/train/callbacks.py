@@ -351,7 +351,11 @@ def catch_interrupts(state: TrainState):
 
     def request(signum, frame):
         if state.interrupted:  # asked twice: stop now, whatever is in flight
-            raise KeyboardInterrupt
+            raise TrainingInterrupted(
+                f"{signal.Signals(signum).name} again: stopped at once, without saving (the "
+                "last checkpoint is intact)",
+                signal=signum,
+            )
         state.interrupt(signum)
 
     previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}

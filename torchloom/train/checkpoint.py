@@ -10,7 +10,8 @@
         manifest.json           sha256 of every file above; written last
 
 A folder is written under a temporary name and renamed into place once its manifest is on disk,
-so a crash leaves either no checkpoint or a complete one. Everything needed to continue the run
+so a crash leaves either no checkpoint or a complete one; a crash between the manifest and the
+rename is finished by `recover` when the run resumes. Everything needed to continue the run
 exactly is here: resuming from it gives bitwise the weights of the uninterrupted run on CPU.
 """
 
@@ -29,7 +30,7 @@ import torch
 
 from torchloom import __version__
 from torchloom.config import mode_for
-from torchloom.errors import TorchloomError
+from torchloom.errors import StorageError, TorchloomError, write_failure
 from torchloom.io import atomic_write_json, load_tensors, save_tensors, sha256
 from torchloom.train.callbacks import Callback, TrainState
 
@@ -76,9 +77,33 @@ def save_checkpoint(
     `epoch`: the epoch a resume runs (or continues) next; by default the current one (a save
     mid-epoch), the next one for a save at an epoch's end."""
     folder = Path(folder)
+    optimizer_tensors, tensors, record = snapshot(state, epoch)
     staging = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        # Never `parents=True`: a run directory removed while training is not made again.
+        staging.parent.mkdir(exist_ok=True)
+        staging.mkdir()
+    except OSError as error:  # a read-only or vanished run directory
+        raise write_failure(staging, error) from None
+    try:
+        save_tensors(staging / "model.safetensors", state.model.state_dict())
+        save_tensors(staging / "optimizer.safetensors", optimizer_tensors)
+        save_tensors(staging / "extra.safetensors", tensors)
+        # compact: the RNG states alone are 1,250 numbers
+        atomic_write_json(staging / "state.json", {**record, **(extra or {})}, indent=None)
+        manifest = {name: sha256(staging / name) for name in FILES}
+        atomic_write_json(staging / "manifest.json", manifest)
+        commit(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a disk that filled up: no half folder
+        raise
+    return folder
+
+
+def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
+    """What a checkpoint holds: the optimizer's tensors, the other tensors (RNG states, the
+    loader's generator, the epoch's losses, callbacks' tensors) and the state.json record."""
     optimizer_state = state.optimizer.state_dict()
     optimizer_tensors, optimizer_scalars = {}, {}
     for index, values in optimizer_state["state"].items():
@@ -105,45 +130,68 @@ def save_checkpoint(
                 tensors[f"callback.{type(callback).__name__}.{name}"] = tensor
             callback_states[type(callback).__name__] = saved
     numpy_state: tuple = np.random.get_state()  # type: ignore[assignment]  # legacy=True form
-    save_tensors(staging / "model.safetensors", state.model.state_dict())
-    save_tensors(staging / "optimizer.safetensors", optimizer_tensors)
-    save_tensors(staging / "extra.safetensors", tensors)
-    atomic_write_json(
-        staging / "state.json",
-        {
-            "format": FORMAT,
-            "version": __version__,
-            "epoch": state.epoch if epoch is None else epoch,  # the epoch to run next
-            "step": state.step,
-            "lr": state.lr,
-            "skipped_steps": state.skipped_steps,
-            "logs": state.logs,
-            "history": state.history,
-            "optimizer": {
-                "param_groups": encode(optimizer_state["param_groups"]),
-                "scalars": encode(optimizer_scalars),
-            },
-            "scheduler": encode(state.schedule.state_dict()),
-            "scaler": encode(state.scaler.state_dict()),
-            # position, epoch and, for a user's dataset read by torchdata, its loader's state
-            "loader": {
-                **encode(loader_state),
-                "world_size": state.loader.world_size,  # processes under torchrun, else 1
-            },
-            "epoch_sizes": state.epoch_sizes,
-            "rng": {
-                "python": encode(random.getstate()),
-                "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-            },
-            "callbacks": encode(callback_states),
-            **(extra or {}),
+    record = {
+        "format": FORMAT,
+        "version": __version__,
+        "epoch": state.epoch if epoch is None else epoch,  # the epoch to run next
+        "step": state.step,
+        "lr": state.lr,
+        "skipped_steps": state.skipped_steps,
+        "logs": state.logs,
+        "history": state.history,
+        "optimizer": {
+            "param_groups": encode(optimizer_state["param_groups"]),
+            "scalars": encode(optimizer_scalars),
         },
-        indent=None,  # compact: the RNG states alone are 1,250 numbers
-    )
-    atomic_write_json(staging / "manifest.json", {name: sha256(staging / name) for name in FILES})
-    shutil.rmtree(folder, ignore_errors=True)
+        "scheduler": encode(state.schedule.state_dict()),
+        "scaler": encode(state.scaler.state_dict()),
+        # position, epoch and, for a user's dataset read by torchdata, its loader's state
+        "loader": {
+            **encode(loader_state),
+            "world_size": state.loader.world_size,  # processes under torchrun, else 1
+        },
+        "epoch_sizes": state.epoch_sizes,
+        "rng": {
+            "python": encode(random.getstate()),
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        },
+        "callbacks": encode(callback_states),
+    }
+    return optimizer_tensors, tensors, record
+
+
+def commit(staging: Path, folder: Path) -> None:
+    """Rename a complete staged checkpoint into place.
+
+    A folder of the same step (saved again after its epoch ended) is moved aside first and
+    removed last: a crash between the renames leaves both complete copies on disk, and
+    `recover` puts the newer one in place, so no moment exists without that step's checkpoint.
+    """
+    aside = folder.with_name(f".old-{folder.name}")
+    if folder.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
     staging.rename(folder)
-    return folder
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover(directory: Path) -> None:
+    """Finish what a crash interrupted in `directory`: a staging folder committed by its
+    manifest whose rename did not happen goes into place (or the copy moved aside comes back);
+    staging folders a crash left half-written are removed."""
+    for aside in directory.glob(".old-step-*"):
+        folder = directory / aside.name.removeprefix(".old-")
+        staging = directory / f".tmp-{folder.name}"
+        if not folder.exists():
+            complete = (staging / "manifest.json").is_file()
+            (staging if complete else aside).rename(folder)
+        shutil.rmtree(aside, ignore_errors=True)
+    for staging in directory.glob(".tmp-step-*"):
+        folder = directory / staging.name.removeprefix(".tmp-")
+        if not folder.exists() and (staging / "manifest.json").is_file():
+            staging.rename(folder)  # committed by its manifest; killed before the rename
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_checkpoint(folder: str | Path) -> dict:
@@ -249,6 +297,8 @@ def find_resumable(directory: Path) -> tuple[Path, dict]:
     Raises:
         TorchloomError: when there is no loadable checkpoint at all (never starts fresh).
     """
+    if Path(directory).is_dir():
+        recover(Path(directory))
     folders = sorted(
         (p for p in Path(directory).glob("step-*") if p.is_dir()),
         key=lambda p: int(p.name.split("-")[1]),
@@ -328,7 +378,22 @@ class Checkpoint(Callback):
             callback.on_checkpoint(state)
         self.last_save = time.monotonic()
         name = f"step-{state.step:08d}"
-        path = save_checkpoint(self.directory / name, state, {"monitor": self.monitor}, epoch=epoch)
+        try:
+            path = save_checkpoint(
+                self.directory / name, state, {"monitor": self.monitor}, epoch=epoch
+            )
+        except (StorageError, OSError) as error:
+            if isinstance(error, OSError):  # the renames that commit it
+                error = write_failure(self.directory / name, error)
+            then = (
+                f"{self.saved[-1]} is the newest complete one. Make room (or fix the folder), "
+                f"then resume with: torchloom train --resume {self.directory.parent}"
+                if self.saved
+                else "there is none yet. Make room (or fix the folder), then start the run again"
+            )
+            raise StorageError(
+                f"{error} The checkpoint of step {state.step} was not saved; {then}."
+            ) from None
         if name not in self.saved:
             self.saved.append(name)
         if value is not None and (

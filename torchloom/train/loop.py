@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from torchloom.data import Split
+from torchloom.errors import StorageError
 from torchloom.tasks import Task
 from torchloom.tasks.base import BatchLoss
 from torchloom.train.callbacks import Dispatcher, TrainState
@@ -102,8 +104,13 @@ def fit_loop(setup: Setup, state: TrainState, notify: Dispatcher) -> TrainState:
             end_epoch(setup, state, notify)
             if state.stop:
                 break
-    finally:  # sinks close and recorders finish even when training stops on an error
-        notify("on_fit_end", state)
+    except BaseException:
+        # Sinks close and recorders finish even when training stops on an error; a folder
+        # that cannot be written makes them fail too, and the first error is the one to tell.
+        with contextlib.suppress(StorageError):
+            notify("on_fit_end", state)
+        raise
+    notify("on_fit_end", state)
     return state
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchloom.io import atomic_write_text
+from torchloom.io import atomic_write_text, writing
 from torchloom.train.callbacks import Callback, TrainState
 
 if TYPE_CHECKING:  # imported when used: both are slow imports a quiet run never pays
@@ -22,10 +22,11 @@ class JsonlSink(Callback):
     Step lines carry `step`, `epoch`, `train/loss`, `lr` (and `grad_norm`, step validation);
     epoch lines add `"kind": "epoch"` and every validation metric. The file is append-only:
     lines are written whole, in one `write` system call per batch of lines (so a killed process
-    never leaves half a line), at most `flush_seconds` after they were logged, before every
-    checkpoint (then fsynced) and at the end. Epochs of a few milliseconds thus cost one system
-    call a second, not one each. A killed process loses at most the last `flush_seconds` of
-    lines, all past its last checkpoint. On resume the file is rewritten atomically without the
+    never leaves half a line), at the end of the first step (or epoch) that ends `flush_seconds`
+    or more after they were logged, before every checkpoint (then fsynced) and at the end.
+    Epochs of a few milliseconds thus cost one system call a second, not one each. A killed
+    process loses at most the lines of its last `flush_seconds` and one step, all past its last
+    checkpoint. On resume the file is rewritten atomically without the
     lines past the checkpoint's step, which are then logged again: no step twice, none missing.
     """
 
@@ -42,7 +43,8 @@ class JsonlSink(Callback):
             lines = [line for line in self.path.read_text().splitlines() if line.strip()]
             kept = [line for line in lines if json.loads(line)["step"] <= state.step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        with writing(self.path):
+            self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.epochs_written = len(state.history)
         self.last_flush = time.monotonic()
 
@@ -54,7 +56,8 @@ class JsonlSink(Callback):
     def flush(self) -> None:
         """Write the pending lines, whole, in one system call."""
         if self.pending and self.descriptor is not None:
-            os.write(self.descriptor, "".join(self.pending).encode())
+            with writing(self.path):
+                os.write(self.descriptor, "".join(self.pending).encode())
             self.pending.clear()
         self.last_flush = time.monotonic()
 
@@ -63,6 +66,8 @@ class JsonlSink(Callback):
             self.write(
                 {"kind": "step", "step": state.step, "epoch": state.epoch, **state.step_logs}
             )
+        elif self.pending and time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()  # lines logged a while ago, with none logged since
 
     def on_epoch_end(self, state: TrainState) -> None:
         self.write({"kind": "epoch", "step": state.step, **state.logs})
@@ -75,17 +80,21 @@ class JsonlSink(Callback):
         """Make the lines so far durable (before each checkpoint is written)."""
         if self.descriptor is not None:
             self.flush()
-            os.fsync(self.descriptor)
+            with writing(self.path):
+                os.fsync(self.descriptor)
 
     def on_fit_end(self, state: TrainState) -> None:
         if self.descriptor is not None:
             # An epoch that ended in NaN never reached on_epoch_end; it is still in the history.
             for row in state.history[self.epochs_written :]:
                 self.write({"kind": "epoch", "step": state.step, **row})
-            self.flush()
-            os.fsync(self.descriptor)
-            os.close(self.descriptor)
-            self.descriptor = None
+            try:
+                self.flush()
+                with writing(self.path):
+                    os.fsync(self.descriptor)
+            finally:
+                os.close(self.descriptor)
+                self.descriptor = None
 
 
 class CsvSink(Callback):
@@ -136,7 +145,8 @@ class EventFile:
         self.Event, self.Summary = Event, Summary
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         self.path = Path(log_dir) / f"{name}.torchloom"
-        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        with writing(self.path):
+            self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         self.records = RecordWriter(self.file)
         self.flush_seconds = flush_seconds
         self.last_flush = time.monotonic()
@@ -167,19 +177,24 @@ class EventFile:
         self.pending.clear()
 
     def flush(self) -> None:
-        self._write_pending()
-        self.records.flush()
+        with writing(self.path):
+            self._write_pending()
+            self.records.flush()
         self.last_flush = time.monotonic()
 
     def sync(self) -> None:
         """Flush and make durable; the checkpoint calls this before each save, so a resumed
         run never lacks a scalar logged before its checkpoint."""
         self.flush()
-        os.fsync(self.file.fileno())
+        with writing(self.path):
+            os.fsync(self.file.fileno())
 
     def close(self) -> None:
-        self._write_pending()
-        self.records.close()
+        with writing(self.path):
+            try:
+                self._write_pending()
+            finally:
+                self.records.close()
 
 
 class TensorBoardSink(Callback):
@@ -251,9 +266,14 @@ class TensorBoardSink(Callback):
             # After the step: the weights it produced and the (unscaled) gradients it used,
             # which stay in .grad until the next step's zero_grad.
             for name, parameter in state.model.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", parameter.detach(), state.step)
-                if parameter.grad is not None:
-                    self.writer.add_histogram(f"gradients/{name}", parameter.grad, state.step)
+                for kind, values in (
+                    ("weights", parameter.detach()),
+                    ("gradients", parameter.grad),
+                ):
+                    # TensorBoard refuses a tensor with no finite value (a diverged step's, which
+                    # the run's non-finite check then names) or no value at all.
+                    if values is not None and bool(values.isfinite().any()):
+                        self.writer.add_histogram(f"{kind}/{name}", values, state.step)
 
     def on_epoch_end(self, state: TrainState) -> None:
         # Every scalar's x axis is the optimizer step, so a resume can purge by step.

@@ -295,7 +295,12 @@ def make_schedule(
         return Schedule()
     builder, per_step, _ = lookup(SCHEDULERS, name, "scheduler")
     total_steps = max(steps_per_epoch * epochs, 1)
-    scheduler = builder(optimizer, options, total_steps, epochs)
+    try:  # PyTorch checks the values (a pct_start above 1, a step_size of 0)
+        scheduler = builder(optimizer, options, total_steps, epochs)
+    except (TypeError, ValueError) as error:
+        raise TorchloomError(
+            f"scheduler '{name}': {error}. Fix that value in the config's scheduler section."
+        ) from None
     monitor = options.get("monitor", "val/loss") if name == "plateau" else None
     return Schedule(scheduler, per_step, monitor)
 
