@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.image_files import write_bar_folder
 from torchloom.api import fit_config, registries
 from torchloom.config import load_config
+from torchloom.transfer import read_source
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 
@@ -30,6 +32,8 @@ SMALLER = {
     # torch.compile on a CPU builds C++ kernels for tens of seconds: the GPU options minus it.
     "fashion_fast_gpu.yaml": ["data.limit=3000", "trainer.compile=false"],
     "rotten_tomatoes_bag.yaml": ["data.full=false"],
+    # A quarter of the pixels: the same weights load and freeze, for a quarter of the convolutions.
+    "imagenet_mobilenet_transfer.yaml": ["data.size=[48,48]"],
     # An LSTM over all 12,808 snippets trains far longer than a test should: the small corpus and
     # a small net.
     "rotten_tomatoes_lstm.yaml": [
@@ -37,6 +41,7 @@ SMALLER = {
         "model.embedding_dim=16", "model.bidirectional=false",
     ],
 }  # fmt: skip
+IMAGE_FOLDER_EXAMPLES = {"image_folder_stream.yaml", "imagenet_mobilenet_transfer.yaml"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -48,7 +53,7 @@ def test_example_trains_a_few_epochs(path, tmp_path):
             ["trainer.epochs=3", f"output.dir={tmp_path}", "trainer.progress=false"],
         )
         overrides.append(f"transfer.source={source.dir}")
-    if path.name == "image_folder_stream.yaml":  # its data: your folder; here, one written now
+    if path.name in IMAGE_FOLDER_EXAMPLES:  # their data: your folder; here, one written now
         overrides.append(f"data.path={write_bar_folder(tmp_path / 'bars', per_class=100)}")
     run = fit_config(path, overrides + SMALLER.get(path.name, []))
     assert len(run.history) == 3
@@ -57,3 +62,8 @@ def test_example_trains_a_few_epochs(path, tmp_path):
     else:
         assert run.history[-1]["train/loss"] < run.history[0]["train/loss"]
     assert set(run.evaluate("test")) >= {"loss"}
+    if path.name == "imagenet_mobilenet_transfer.yaml":  # the backbone loaded, and stayed frozen
+        imagenet, weights = read_source("imagenet", run.model), run.model.state_dict()
+        backbone = [name for name in weights if name.startswith("features.")]
+        assert len(backbone) == len(weights) - 2  # all but the new classifier.1 weight and bias
+        assert all(torch.equal(weights[name], imagenet[name]) for name in backbone)

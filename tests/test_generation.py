@@ -208,18 +208,22 @@ def test_vae_run_writes_grids_and_the_cli_writes_samples(tmp_path):
 @pytest.mark.slow
 def test_generated_digits_are_recognizable_and_varied(digit_images):
     """Of 1,000 digits from a VAE and from a DCGAN, a classifier trained on real digits is
-    confident (max probability >= 0.9) on at least half, and every class makes up >= 3%."""
+    confident (max probability >= 0.9) on >= 57% (VAE) / >= 51% (DCGAN), and every class makes
+    up >= 4% / >= 3%. Seeds 0-4 reach 59-63% confident, classes >= 4.5% (VAE) and 53-59%,
+    classes >= 3.5% (DCGAN); the README says the same."""
     judge = tl.fit("mlp", digit_images, epochs=30, optimizer="adam", batch_size=64, progress=False)
     assert judge.evaluate("test")["accuracy"] > 0.95
     settings = {
-        "vae": (tl.models.build("vae", latent=8), {"name": "adam", "lr": 0.002}, 30),
+        "vae": (tl.models.build("vae", latent=8), {"name": "adam", "lr": 0.002}, 30, 0.57, 0.04),
         "gan": (
             tl.models.build("dcgan"),
             {"name": "adam", "lr": 0.0005, "betas": [0.5, 0.999]},
             20,
+            0.51,
+            0.03,
         ),
     }
-    for task, (model, optimizer, epochs) in settings.items():
+    for task, (model, optimizer, epochs, least_confident, least_share) in settings.items():
         run = tl.fit(
             model,
             digit_images,
@@ -234,5 +238,5 @@ def test_generated_digits_are_recognizable_and_varied(digit_images):
         probabilities = judge.predict(samples, preprocessed=True)["probabilities"]
         confident = (probabilities.max(axis=1) >= 0.9).mean()
         shares = np.bincount(probabilities.argmax(axis=1), minlength=10) / 1000
-        assert confident >= 0.5, (task, confident)
-        assert shares.min() >= 0.03, (task, shares)
+        assert confident >= least_confident, (task, confident)
+        assert shares.min() >= least_share, (task, shares)

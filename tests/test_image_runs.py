@@ -21,12 +21,13 @@ QUIET = ["output.dir=null", "trainer.progress=false"]
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_lenet_on_fashion_mnist_reaches_88_percent():
-    # The example's recipe on all 60,000 training images, tested on the official 10,000.
+    # The example's recipe on all 60,000 training images, tested on the official 10,000. Seeds
+    # 0-2 reach 0.892, 0.893, 0.896; the README says 0.892.
     run = tl.fit_config(EXAMPLES / "fashion_mnist_lenet.yaml", QUIET)
     assert len(run.data.train) == 60_000 and len(run.data.test) == 10_000
     assert len(run.history) <= 10
     accuracy = run.evaluate("test")["accuracy"]
-    assert accuracy >= 0.88, f"LeNet test accuracy {accuracy:.4f} after {len(run.history)} epochs"
+    assert accuracy >= 0.885, f"LeNet test accuracy {accuracy:.4f} after {len(run.history)} epochs"
 
 
 @pytest.mark.slow

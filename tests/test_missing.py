@@ -228,5 +228,7 @@ def test_learned_imputer_beats_mean_imputation_by_15_percent(name):
 
 @pytest.mark.slow
 def test_penguins_example_trains_to_97_percent():
+    # 69 test birds, so one bird is 1.4 points: seeds 0-4 reach 0.971, 0.971, 0.986, 1.000,
+    # 1.000 (2, 2, 1, 0, 0 wrong); docs/missing.md says 0.971 for seed 0.
     run = fit_config("examples/penguins_missing.yaml", QUICK)
-    assert run.evaluate("test")["accuracy"] >= 0.95
+    assert run.evaluate("test")["accuracy"] >= 0.97

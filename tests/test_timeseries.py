@@ -32,8 +32,9 @@ def write_series(path, values, times=None, time="t", column="y"):
 
 @pytest.mark.slow
 def test_lstm_beats_naive_on_last_30_years_of_sunspots():
-    """The example config, 3 seeds: one-step MAE <= 0.9 x the naive forecast's MAE (measured
-    ratios 0.41, 0.33, 0.37), and the baselines equal a plain computation on the raw series."""
+    """The example config, 3 seeds: one-step MAE <= 0.45 x the naive forecast's MAE, and the
+    baselines equal a plain computation on the raw series. Seeds 0-4 reach 0.41, 0.33, 0.37,
+    0.38, 0.36x naive; the README says 0.33-0.41x."""
     values = sunspot_values()
     test_targets = values[-30:]
     naive_mae = np.abs(test_targets - values[-31:-1]).mean()  # last year's value
@@ -45,7 +46,7 @@ def test_lstm_beats_naive_on_last_30_years_of_sunspots():
         assert metrics["naive_mae"] == pytest.approx(naive_mae, rel=1e-5)
         assert metrics["seasonal_naive_mae"] == pytest.approx(seasonal_mae, rel=1e-5)
         ratios.append(metrics["mae"] / metrics["naive_mae"])
-    assert max(ratios) <= 0.9, ratios
+    assert max(ratios) <= 0.45, ratios
 
 
 def test_split_is_chronological_and_targets_stay_in_their_part(tmp_path):

@@ -345,7 +345,9 @@ def test_lr_finder_restores_state_and_its_suggestion_trains_well(tmp_path, digit
     )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert result.learning_rates == sorted(result.learning_rates)
-    assert 1e-3 < result.suggestion < 1.0
+    # Seeds 0-4 suggest 0.033-0.050 (neighbouring points of the sweep, 8.4% apart) and train to
+    # 0.961-0.978; the README says 0.969. The bounds allow two more points either side.
+    assert 0.028 < result.suggestion < 0.06
     assert (tmp_path / "lr.png").stat().st_size > 10_000
     run = tl.fit(
         "mlp",
@@ -363,5 +365,6 @@ def test_lr_find_command(tmp_path):
     result = run_cli("lr-find", "examples/digits_mlp.yaml", "--plot", str(tmp_path / "lr.png"))
     assert result.returncode == 0, result.stderr
     suggestion = float(result.stdout.split("suggested learning rate:")[1].split()[0])
-    assert 1e-3 < suggestion < 1.0 and (tmp_path / "lr.png").is_file()
+    # Seeds 0-4 suggest 0.046, 0.036, 0.036, 0.033, 0.046; the README says 0.046 (seed 0).
+    assert 0.028 < suggestion < 0.06 and (tmp_path / "lr.png").is_file()
     assert np.isfinite(suggestion)
