@@ -5,6 +5,8 @@
 FAULT is "raise" (rank 1 raises at step 3), "kill" (rank 1 SIGKILLs itself at step 3) or
 "kill-once" (rank 1 SIGKILLs itself at step 7 on the first attempt only, after the checkpoint at
 step 5). Writes the run directory under OUT_DIR; rank 0 prints "RUN_DIR <path>" at the end.
+With STEPS_LOG set, each rank appends "<restarted 0|1> <step>" for every step it trains to
+STEPS_LOG.<rank>.
 """
 
 import os
@@ -20,9 +22,12 @@ class Fault(Callback):
         self.kind = kind
 
     def on_batch_end(self, state) -> None:
+        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+        if os.environ.get("STEPS_LOG"):  # which attempt trained which step, on every rank
+            with open(f"{os.environ['STEPS_LOG']}.{os.environ['RANK']}", "a") as file:
+                file.write(f"{int(restarted)} {state.step}\n")
         if os.environ["RANK"] != "1":
             return
-        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
         if self.kind == "raise" and state.step == 3:
             raise RuntimeError("injected failure on rank 1 at step 3")
         if self.kind == "kill" and state.step == 3:

@@ -32,10 +32,12 @@ SETTINGS = [
 ]
 
 
-def torchrun(*args: str, restarts: int = 0, timeout: int = 240) -> subprocess.CompletedProcess:
+def torchrun(
+    *args: str, restarts: int = 0, timeout: int = 240, env: dict | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", "2", "--max-restarts", str(restarts), *args]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=REPO
     )
@@ -95,11 +97,23 @@ def test_a_killed_rank_ends_the_job_quickly(tmp_path):
 
 
 def test_a_restarted_job_resumes_and_ends_equal_to_a_fault_free_run(two_process_run, tmp_path):
-    done = torchrun(str(SCRIPT), str(tmp_path), "50", "kill-once", restarts=1)
+    out, steps_log = tmp_path / "out", tmp_path / "steps"
+    out.mkdir()
+    env = {"STEPS_LOG": str(steps_log)}
+    done = torchrun(str(SCRIPT), str(out), "50", "kill-once", restarts=1, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = tmp_path.iterdir()  # the restart continued the same run directory
+    (run_dir,) = out.iterdir()  # the restart continued the same run directory
     restarted, fault_free = weights(run_dir), weights(two_process_run)
     assert all(torch.equal(restarted[name], fault_free[name]) for name in fault_free)
+    # ... from its checkpoint at step 5, not from step 0 (which would end equal too): the
+    # restarted attempt trained steps 6 to the end on both ranks, the first one up to step 7.
+    assert f"resuming {run_dir} from step-00000005 (step 5, epoch 1)" in done.stderr
+    for rank in (0, 1):
+        lines = Path(f"{steps_log}.{rank}").read_text().split("\n")
+        attempts = [tuple(map(int, line.split())) for line in lines if line]
+        again = [step for restarted, step in attempts if restarted]
+        assert again == list(range(6, again[-1] + 1)) and again[-1] == max(s for _, s in attempts)
+        assert [step for restarted, step in attempts if not restarted][:5] == [1, 2, 3, 4, 5]
 
 
 def test_resuming_with_another_process_count_is_refused(two_process_run, tmp_path):
