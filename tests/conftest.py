@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,18 @@ def digits():
     import torchloom as tl
 
     return tl.data.load("digits")
+
+
+@pytest.fixture(scope="session")
+def speech_cache(tmp_path_factory) -> Path:
+    """One folder for the `speech_digits` clips the session's tests render: rendering is seeded
+    and keyed by what is rendered, so whichever test asks first renders for all of them."""
+    for program, package in (("espeak-ng", "espeak-ng"), ("flite", "flite"), ("sox", "sox")):
+        if shutil.which(program) is None:
+            missing(program, f"apt-get install -y {package}")
+    require("soundfile", "pip install 'torchloom[audio]'")
+    require("librosa", "pip install 'torchloom[audio]'")
+    return tmp_path_factory.mktemp("speech_cache")
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -123,9 +123,10 @@ def test_the_keywords_fit_took_before_keep_their_meaning():
     assert fit_options() == api.FIT_OPTIONS
     changed = {k: v for k, v in KEYWORDS_BEFORE.items() if fit_options().get(k) != v}
     assert not changed
-    # The fields fit() could not set before the keywords were derived from the schema.
+    # The fields fit() could not set before the keywords were derived from the schema, and the
+    # fields added since (trainer.privacy).
     added = set(fit_options()) - set(KEYWORDS_BEFORE)
-    assert added == {"sync_batchnorm", "distributed_timeout", "mode"}
+    assert added == {"sync_batchnorm", "distributed_timeout", "mode", "privacy"}
 
 
 def test_keywords_reach_their_fields():

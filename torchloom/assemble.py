@@ -18,6 +18,7 @@ from torchloom import transfer as transfer_module
 from torchloom.config import Config, ConfigError
 from torchloom.data import Augment, BatchLoader, Data, DatasetSplit, Split
 from torchloom.data.placement import place
+from torchloom.data.poisson import PoissonLoader
 from torchloom.errors import DataError, TorchloomError, did_you_mean
 from torchloom.tasks import TASKS, make_task
 from torchloom.tasks import option_problems as task_option_problems
@@ -30,6 +31,13 @@ from torchloom.train.checkpoint import Checkpoint
 from torchloom.train.diagnostics import DiagnosticsRecorder
 from torchloom.train.distributed import World
 from torchloom.train.loop import Evaluator
+from torchloom.train.privacy import (
+    PRIVATE_TASKS,
+    PrivateTraining,
+    PrivateUpdate,
+    import_opacus,
+    make_private,
+)
 from torchloom.train.setup import Setup
 from torchloom.train.sinks import CsvSink, JsonlSink, ProgressBar, TensorBoardSink
 from torchloom.train.step import (
@@ -116,6 +124,8 @@ def build(
     trainer = config.trainer
     task = _task_for(config, data)
     _check_own_step(task, config, world)
+    if trainer.privacy is not None:
+        _check_private(task, config, data, world)
     trained_on, loader, sample = _training_batches(data, task, config, device, world)
     model = model.to(device)
     if optimizer is None:
@@ -126,6 +136,11 @@ def build(
     # 0: an iterable dataset of unknown length (no per-step schedule, no accumulation)
     steps_per_epoch = 0 if loader.batch_sizes is None else -(-len(loader) // trainer.accumulate)
     forward = world.wrap(model, device, trainer.sync_batchnorm) if world.active else model
+    privacy, make_update = None, Update
+    if isinstance(loader, PoissonLoader):  # trainer.privacy: DP-SGD through Opacus
+        privacy = _private(model, optimizer, loader, config, device, world)
+        forward, optimizer, make_update = privacy.module, privacy.optimizer, PrivateUpdate
+        steps_per_epoch = len(loader)  # a step per Poisson batch
     return Setup(
         config=config,
         task=task,
@@ -142,7 +157,7 @@ def build(
             steps_per_epoch,
             trainer.epochs,
         ),
-        update=Update(
+        update=make_update(
             optimizer,
             autocast=autocast_factory(trainer.precision, device),
             scaler=grad_scaler(trainer.precision, device),
@@ -162,7 +177,63 @@ def build(
         device=device,
         world=world,
         steps_per_epoch=steps_per_epoch,
+        privacy=privacy,
     )
+
+
+def _check_private(task, config: Config, data: Data, world: World) -> None:
+    """What DP-SGD cannot train here, refused before anything is built; Opacus is installed."""
+    import_opacus()
+    reduction = config.loss.options.get("reduction", "mean")
+    unsupported = [
+        (
+            f"task '{task.name}'",
+            task.name not in PRIVATE_TASKS,
+            f"private training supports the tasks {', '.join(PRIVATE_TASKS)}, whose step is "
+            "one mean loss over the batch's samples. Remove trainer.privacy or change the task.",
+        ),
+        (
+            f"loss.reduction '{reduction}'",
+            reduction != "mean",
+            "Opacus's per-sample gradients undo a mean over the batch. Remove loss.reduction.",
+        ),
+        (
+            "torchrun (several processes)",
+            world.size > 1,
+            "private training runs in one process. Launch it without torchrun.",
+        ),
+        (
+            "a dataset of your own (streamed)",
+            data.streamed,
+            "Poisson sampling draws batches from in-memory tensors. Load the data into memory "
+            "(tl.data.from_arrays, or a source without data.stream).",
+        ),
+    ]
+    problems = [
+        f"trainer.privacy: cannot train with {what}: {why}"
+        for what, used, why in unsupported
+        if used
+    ]
+    if problems:
+        raise ConfigError(problems, source="config")
+
+
+def _private(model, optimizer, loader: PoissonLoader, config: Config, device, world: World):
+    """Opacus's parts around the model and optimizer; one line on what they spend."""
+    trainer = config.trainer
+    assert trainer.privacy is not None  # a Poisson loader is made for private runs only
+    privacy: PrivateTraining = make_private(
+        model,
+        optimizer,
+        loader,
+        trainer.privacy,
+        epochs=trainer.epochs,
+        seed=trainer.seed,
+        device=device,
+    )
+    if world.is_main:
+        privacy.announce()
+    return privacy
 
 
 def _training_batches(data: Data, task, config: Config, device, world: World):
@@ -176,6 +247,16 @@ def _training_batches(data: Data, task, config: Config, device, world: World):
     trained_on, on_device = place(data, device, trainer.data_on_device, trainer.channels_last)
     train = trained_on.train
     assert isinstance(train, Split)  # in-memory data: every split is tensors
+    if trainer.privacy is not None:  # DP-SGD's accounting assumes Poisson-sampled batches
+        poisson = PoissonLoader(
+            train.features,
+            train.targets,
+            trainer.batch_size,
+            seed=trainer.seed,
+            augment=_augment_for(config, data),
+            device=None if on_device else device,
+        )
+        return trained_on, poisson, train.features[:2].to(device)
     loader = BatchLoader(
         train.features,
         train.targets,

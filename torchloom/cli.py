@@ -78,10 +78,13 @@ def add_predict_command(commands) -> None:
     """`torchloom predict`: classes, values, forecasts or generated samples."""
     predict = commands.add_parser(
         "predict",
-        help="predictions for new inputs (.csv or .npy; text runs: raw text, one a line)",
+        help="predictions for new inputs (.csv or .npy; text runs: raw text, one a line; audio "
+        "runs: clips)",
         description="INPUT is a .csv or .npy file of features. For a text run it is a text file "
         "with one raw text a line, '-' to read them from stdin, or a .csv with the run's text "
-        "column; blank lines are skipped and the output repeats each text.",
+        "column; blank lines are skipped and the output repeats each text. For an audio run it "
+        "is a .wav, .flac or .ogg clip, a folder of them (the output names each file), or a .npy "
+        "array of waveforms at the run's sample rate.",
     )
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("input", metavar="INPUT", nargs="?")

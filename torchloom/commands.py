@@ -40,6 +40,8 @@ def train(args: argparse.Namespace) -> int:
         console.print(f"run saved to [bold]{run.dir}[/bold]")
         console.print(f"  evaluate: torchloom evaluate {run.dir}")
         what = "TEXTS.txt (one a line, or - for stdin)" if run.preprocess.tokenizer else "INPUT.csv"
+        if run.preprocess.audio is not None:
+            what = "CLIP.wav (or a folder of clips)"
         if not run.task.uses_targets:
             what = "--samples 100 -o samples.csv"
         console.print(f"  predict:  torchloom predict {run.dir} {what}")
@@ -87,6 +89,12 @@ def predict(args: argparse.Namespace) -> int:
         texts = read_texts(args.input, run.preprocess.feature_names[0])
         frame = predictions_frame(run.predict(texts), run.preprocess.classes)
         frame.insert(0, "text", texts)
+    elif run.preprocess.audio is not None and not args.input.endswith(".npy"):
+        from torchloom.data.audio import clip_files
+
+        files = clip_files(Path(args.input))  # an audio file, or a folder of clips
+        frame = predictions_frame(run.predict(files), run.preprocess.classes)
+        frame.insert(0, "file", [str(file) for file in files])
     else:
         raw = run.preprocess.columns is not None  # text columns or blanks, filled as in training
         features = read_inputs(Path(args.input), run.preprocess.input_columns, raw=raw)

@@ -49,7 +49,8 @@ def _check_name(kind: str, registry_key: str, value: str | None, info: Validatio
 
 
 class AugmentConfig(Section):
-    """Training-batch image augmentation: `{crop_padding: 4, flip: true}`."""
+    """Training-batch augmentation: images `{crop_padding: 4, flip: true}`, spectrograms
+    `{time_mask: 10, freq_mask: 6}`."""
 
     crop_padding: int = Field(
         0,
@@ -60,6 +61,18 @@ class AugmentConfig(Section):
     flip: bool = Field(False, description="mirror each image left–right with probability 0.5")
     padding_mode: Literal["zeros", "reflect"] = Field(
         "zeros", description="`zeros` (after standardization: the channel mean) or `reflect`"
+    )
+    time_mask: int = Field(
+        0,
+        ge=0,
+        description="audio: hide up to this many consecutive frames of each spectrogram, "
+        "`masks` times (SpecAugment's time masks; [audio.md](audio.md))",
+    )
+    freq_mask: int = Field(
+        0, ge=0, description="audio: hide up to this many consecutive mel bands, `masks` times"
+    )
+    masks: int = Field(
+        2, ge=1, description="audio: time and frequency masks of each kind per spectrogram"
     )
 
 
@@ -110,7 +123,8 @@ class DataConfig(Section):
         "digits",
         description="`digits` (1,797 8x8 images as 64 features), `iris`, `wine`, "
         "`breast_cancer`, `diabetes` (regression), `csv`; images: `fashion_mnist`, `idx`, "
-        "`mnist_5k`, `cifar10`, `image_folder` (below)",
+        "`mnist_5k`, `cifar10`, `image_folder` (below); audio: `audio_folder`, `speech_digits` "
+        "([audio.md](audio.md))",
     )
     path: str | None = Field(
         None,
@@ -134,11 +148,12 @@ class DataConfig(Section):
     standardize: bool | Literal["per_feature", "per_channel"] = Field(
         True,
         description="zero mean, unit variance fitted on the training split only: per feature "
-        "for tables, per channel for images; `per_feature`, `per_channel`, or `false`",
+        "for tables, per channel for images, per mel band for audio; `per_feature`, "
+        "`per_channel`, or `false`",
     )
     seed: int | None = Field(None, description="split seed; `null` uses `trainer.seed`")
     augment: AugmentConfig | None = Field(
-        None, description="training-batch image augmentation (below)"
+        None, description="training-batch image or spectrogram augmentation (below)"
     )
     missing: MissingConfig | None = Field(
         None,
@@ -373,6 +388,90 @@ class EarlyStoppingConfig(Section):
     restore_best: bool = Field(True, description="end with the best epoch's weights")
 
 
+class PrivacyConfig(Section):
+    """Differentially private training (DP-SGD through Opacus): `{epsilon: 3.0, delta: 1e-5,
+    max_grad_norm: 1.0}` (see torchloom/train/privacy.py and docs/privacy.md)."""
+
+    epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="the target epsilon: the noise is set so that the configured epochs spend "
+        "it (with `noise_multiplier` too: the budget, training stops at the last step within it)",
+    )
+    delta: float = Field(
+        1e-5, gt=0, lt=1, description="the target delta; below 1 / the training samples"
+    )
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="each sample's gradient is clipped to this 2-norm"
+    )
+    noise_multiplier: float | None = Field(
+        None,
+        gt=0,
+        description="the noise's standard deviation over `max_grad_norm`; `null`: computed from "
+        "`epsilon` for the configured epochs",
+    )
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="Opacus's accountant: `rdp` (Rényi DP) or `prv` (tighter, slower)"
+    )
+
+    @model_validator(mode="after")
+    def _budget_or_noise(self) -> PrivacyConfig:
+        if self.epsilon is None and self.noise_multiplier is None:
+            raise ValueError(
+                "needs a target epsilon (e.g. epsilon: 3.0) or a noise_multiplier, or both"
+            )
+        return self
+
+
+# What DP-SGD cannot train with, and why: (field, is it set?, the reason and the fix).
+PRIVACY_CONFLICTS = (
+    (
+        "accumulate",
+        lambda trainer: trainer.accumulate != 1,
+        "each step's batch is one Poisson sample, which micro-batches would split. Raise "
+        "trainer.batch_size instead.",
+    ),
+    (
+        "clip_norm",
+        lambda trainer: trainer.clip_norm is not None,
+        "DP-SGD clips each sample's gradient (trainer.privacy.max_grad_norm). Remove it.",
+    ),
+    (
+        "clip_value",
+        lambda trainer: trainer.clip_value is not None,
+        "DP-SGD clips each sample's gradient (trainer.privacy.max_grad_norm). Remove it.",
+    ),
+    (
+        "precision",
+        lambda trainer: trainer.precision != "32",
+        "private training runs in float32. Remove it or set precision: '32'.",
+    ),
+    (
+        "compile",
+        lambda trainer: trainer.compile is not False,
+        "Opacus's per-sample gradient hooks do not run in a compiled graph. Remove it.",
+    ),
+    (
+        "nonfinite",
+        lambda trainer: trainer.nonfinite == "skip",
+        "skipping a step decides on the gradient before noise, which the accountant does not "
+        "cover. Remove it.",
+    ),
+    (
+        "drop_last",
+        lambda trainer: trainer.drop_last,
+        "batches are Poisson samples (each sample joins each step with probability "
+        "batch_size / samples), as the accountant assumes. Remove it.",
+    ),
+    (
+        "shuffle",
+        lambda trainer: not trainer.shuffle,
+        "batches are Poisson samples (each sample joins each step with probability "
+        "batch_size / samples), as the accountant assumes. Remove it.",
+    ),
+)
+
+
 class TrainerConfig(Section):
     """How training runs: its length, batches, device, precision, and what it logs."""
 
@@ -475,6 +574,24 @@ class TrainerConfig(Section):
         "update/weight ratios and dead/saturated units (step 1 always); `0` or `null` turns "
         "recording off. See [doctor.md](doctor.md)",
     )
+    privacy: PrivacyConfig | None = Field(
+        None,
+        description="train with differential privacy, DP-SGD through Opacus (`pip install "
+        '"torchloom[privacy]"`; below)',
+    )
+
+    @model_validator(mode="after")
+    def _private_training(self) -> TrainerConfig:
+        if self.privacy is None:
+            return self
+        problems = [
+            f"trainer.{field}: cannot be used with trainer.privacy: {why}"
+            for field, used, why in PRIVACY_CONFLICTS
+            if used(self)
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -197,6 +197,13 @@ def refusal(run: Run) -> str | None:
             "INPUT` instead."
         )
     preprocess = run.preprocess
+    if preprocess.audio is not None:
+        return (
+            f"export: cannot fold the preprocessing of {where} into the file: it is an audio "
+            "run, whose inputs are clips read from files, resampled and turned into log-mel "
+            "spectrograms with the parameters in preprocess.json. Predict with `torchloom "
+            f"predict {run_dir} CLIP.wav`, which reads raw audio files as training did."
+        )
     if preprocess.tokenizer is not None:
         step = (
             "tokenized with the vocabulary in preprocess.json"

@@ -82,6 +82,8 @@ def lr_find(
         setup.optimizer.load_state_dict(saved_optimizer)
         if hasattr(setup.loader, "close"):  # a dataset's loader: its workers end here
             setup.loader.close()
+        if setup.privacy is not None:  # Opacus's hooks off the model
+            setup.privacy.close()
     if not losses:
         raise api.TorchloomError(
             f"lr_find: the loss was not finite even at {start_lr:g}; lower start_lr."

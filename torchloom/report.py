@@ -173,6 +173,7 @@ def render_report(parts: ReportParts) -> Path:
     if metrics:
         lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {key} | {value:.4f} |" for key, value in metrics.items() if "/" not in key]
+    lines += privacy_lines(summary.get("privacy"))
     final = summary.get("final", {})
     if final:
         lines += ["", "## Last epoch", "", "| key | value |", "|---|---|"]
@@ -184,6 +185,24 @@ def render_report(parts: ReportParts) -> Path:
     atomic_write_text(path, "\n".join(lines) + "\n")
     write_html_report(run, summary, images, diagnosis)
     return path
+
+
+def privacy_lines(privacy: dict | None) -> list[str]:
+    """A private run's guarantee, as summary.json records it; nothing for other runs."""
+    if not privacy:
+        return []
+    target = privacy["target_epsilon"]
+    line = (
+        f"Differentially private (DP-SGD, Opacus's {privacy['accountant']} accountant): "
+        f"epsilon **{privacy['epsilon']:.3f}** at delta {privacy['delta']:g}"
+        + (f" (target {target:g})" if target is not None else "")
+        + f" after {privacy['steps']} steps; noise multiplier {privacy['noise_multiplier']:.4g}, "
+        f"max_grad_norm {privacy['max_grad_norm']:g}, Poisson sample rate "
+        f"{privacy['sample_rate']:.4g} (expected batch {privacy['expected_batch_size']})."
+    )
+    if privacy["stopped_by_budget"]:
+        line += f" Training stopped at step {privacy['budget_steps']}, the budget's last."
+    return ["", "## Privacy", "", line]
 
 
 def doctor_lines(diagnosis) -> list[str]:

@@ -107,12 +107,16 @@ class Run:
             features: (num_samples, num_features) array-like of raw values; images as
                 (num_samples, channels, height, width), (num_samples, height, width, channels)
                 or, for one channel, (num_samples, height, width); for text runs, raw strings
-                (a list, or one string), tokenized with the run's saved vocabulary.
+                (a list, or one string), tokenized with the run's saved vocabulary; for audio
+                runs, a path or a list of paths of audio files (.wav, .flac, .ogg), or waveforms
+                (num_samples, samples) at the run's rate, turned into log-mel spectrograms as
+                training did.
                 Tables trained with text columns or `data.missing` also take raw rows (an
                 object array or a pandas DataFrame of the input columns) with blanks (NaN or
                 None), filled and encoded as training did.
             preprocessed: the inputs are already scaled (skip the saved preprocessing); for
-                text, (num_samples, length) token ids.
+                text, (num_samples, length) token ids; for audio, standardized log-mel
+                spectrograms (num_samples, frames, n_mels).
 
         Returns:
             Classification: {"class": (n,) int, "probabilities": (n, num_classes)};
@@ -135,6 +139,10 @@ class Run:
             features = features.numpy()
         if self.preprocess.tokenizer is not None:
             array = self._text_inputs(features, preprocessed)
+        elif self.preprocess.audio is not None and not preprocessed:  # files or waveforms
+            from torchloom.data.audio import waveforms
+
+            array = self.preprocess.transform(waveforms(features, self.preprocess.audio))
         elif self.preprocess.columns is not None and not preprocessed:
             if hasattr(features, "columns"):  # a DataFrame: its input columns, by name
                 features = features[self._named_columns(features)].to_numpy(dtype=object)

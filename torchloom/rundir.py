@@ -80,6 +80,8 @@ def finish_run_dir(run: Run, state: TrainState, seconds: float, then=()) -> None
         "seconds": round(seconds, 3),
         "final": state.history[-1] if state.history else {},
     }
+    if state.setup.privacy is not None:  # the (epsilon, delta) spent, by Opacus's accountant
+        summary["privacy"] = state.setup.privacy.summary()
     if status == "completed" and data.test is not None:
         summary["test"] = run.evaluate("test")
     if run.task.state():  # what the task chose after training (thresholds), for load_run

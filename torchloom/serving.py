@@ -92,6 +92,11 @@ class Served:
                 "answering inputs, so there is nothing to serve. Write samples with "
                 f"torchloom predict {run_dir} --samples N."
             )
+        if preprocess.audio is not None:
+            raise TorchloomError(
+                f"{run_dir} is an audio run, and serve does not take clips yet. Predict with "
+                f"torchloom predict {run_dir} CLIP.wav (or a folder of clips)."
+            )
         self.input_shape = tuple(preprocess.extra["input_shape"])
         if self.task == "forecast":
             self.kind = "forecast"

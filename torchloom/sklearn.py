@@ -188,6 +188,12 @@ class _NeuralNet(BaseEstimator):
         precision apply to `fit` only).
         """
         config = self.run_.config
+        if config.trainer.privacy is not None:
+            raise TorchloomError(
+                "partial_fit: cannot continue a private network (fit_options privacy): each call "
+                "would start a new privacy accountant, so the epsilon the calls spend together "
+                "would be counted nowhere. Train it with fit, which accounts for every epoch."
+            )
         seed = self.seed + self.epochs_trained_  # a new order each call, reproducible
         config = config.model_copy(
             update={

@@ -1,6 +1,7 @@
-"""Image augmentation as batched tensor ops on in-memory training batches.
+"""Image and spectrogram augmentation as batched tensor ops on in-memory training batches.
 
-Random crop with padding and horizontal flip, applied by the `BatchLoader` to training batches
+Random crop with padding and horizontal flip for images, SpecAugment's time and frequency masks
+(Park et al., 2019) for log-mel spectrograms, applied by the `BatchLoader` to training batches
 only (evaluation reads the splits directly, so it never sees them). Every batch draws from its
 own generator seeded by (seed, epoch, batch index): a run is reproducible from its seed, and a
 resumed epoch gets the same augmentations as the uninterrupted one.
@@ -21,13 +22,19 @@ PADDING_MODES = {"zeros": "constant", "reflect": "reflect"}
 
 @dataclass
 class Augment:
-    """Random crop with padding and random horizontal flip for (batch, channels, height, width).
+    """Random crop with padding and random horizontal flip for (batch, channels, height, width)
+    images; time and frequency masks for (batch, frames, n_mels) spectrograms.
 
     Attributes:
         crop_padding: pad each side by this many pixels, then crop back to the original size at
             a random offset (a shift of up to ±crop_padding pixels); 0 is off.
         flip: mirror each image left-right with probability 0.5.
         padding_mode: "zeros" (after standardization, the channel's mean) or "reflect".
+        time_mask: mask up to this many consecutive frames of each spectrogram, `masks` times
+            (each width uniform in 0..time_mask, at a uniform start); 0 is off.
+        freq_mask: mask up to this many consecutive mel bands, `masks` times; 0 is off.
+        masks: masks of each kind per spectrogram. A masked value becomes 0: after
+            standardization, the band's mean, as in SpecAugment.
         seed: seeds every batch's draws (with the epoch and batch index).
 
     Example:
@@ -39,15 +46,22 @@ class Augment:
     crop_padding: int = 0
     flip: bool = False
     padding_mode: str = "zeros"
+    time_mask: int = 0
+    freq_mask: int = 0
+    masks: int = 2
     seed: int = 0
 
     def __post_init__(self):
-        padding = self.crop_padding
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise DataError(
-                f"data.augment.crop_padding: expected a whole number of pixels >= 0, got "
-                f"{padding!r}."
-            )
+        counts = (
+            ("crop_padding", " of pixels", 0), ("time_mask", " of frames", 0),
+            ("freq_mask", " of mel bands", 0), ("masks", "", 1),
+        )  # fmt: skip
+        for name, unit, low in counts:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DataError(
+                    f"data.augment.{name}: expected a whole number{unit} >= {low}, got {value!r}."
+                )
         if self.padding_mode not in PADDING_MODES:
             raise DataError(
                 f"data.augment.padding_mode: expected 'zeros' or 'reflect', got "
@@ -56,10 +70,18 @@ class Augment:
 
     @property
     def active(self) -> bool:
-        return bool(self.crop_padding or self.flip)
+        return bool(self.crop_padding or self.flip or self.time_mask or self.freq_mask)
+
+    @property
+    def masking(self) -> bool:
+        return bool(self.time_mask or self.freq_mask)
 
     def check(self, sample_shape: tuple[int, ...], data_name: str) -> None:
-        """Raise unless samples are images (channels, height, width) this augmentation fits."""
+        """Raise unless samples are what this augmentation fits: images (channels, height,
+        width) for crop and flip, spectrograms (frames, n_mels) for masks."""
+        if self.masking:
+            self._check_masks(sample_shape, data_name)
+            return
         if len(sample_shape) != 3:
             raise DataError(
                 f"data.augment: crop and flip need images (channels, height, width); "
@@ -72,9 +94,34 @@ class Augment:
                 f"({sample_shape[1]}x{sample_shape[2]}), got {self.crop_padding}."
             )
 
+    def _check_masks(self, sample_shape: tuple[int, ...], data_name: str) -> None:
+        if len(sample_shape) != 2:
+            raise DataError(
+                f"data.augment: time_mask and freq_mask need spectrograms (frames, n_mels); "
+                f"'{data_name}' samples have shape {tuple(sample_shape)}. Load audio "
+                "(audio_folder, speech_digits) or remove them."
+            )
+        if self.crop_padding or self.flip:
+            raise DataError(
+                "data.augment: crop_padding and flip are for images; these samples are "
+                "spectrograms. Remove them, and keep time_mask and freq_mask."
+            )
+        for name, width, size, what in (
+            ("time_mask", self.time_mask, sample_shape[0], "frames"),
+            ("freq_mask", self.freq_mask, sample_shape[1], "mel bands"),
+        ):
+            if width >= size:
+                raise DataError(
+                    f"data.augment.{name}: masks of up to {width} {what} would hide whole "
+                    f"spectrograms of {size} {what}. Give fewer than {size}."
+                )
+
     def __call__(self, images: torch.Tensor, epoch: int, batch_index: int) -> torch.Tensor:
-        """Augment one batch (batch, channels, height, width); returns a new tensor."""
+        """Augment one batch (batch, channels, height, width), or spectrograms (batch, frames,
+        n_mels); returns a new tensor."""
         generator = torch.Generator().manual_seed(self._batch_seed(epoch, batch_index))
+        if self.masking:
+            return mask_spectrograms(images, self.time_mask, self.freq_mask, self.masks, generator)
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator, self.padding_mode)
         if self.flip:
@@ -121,6 +168,39 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     flip = torch.rand(len(images), generator=generator) < 0.5  # (batch,)
     flip = to_device(flip, images.device).view(-1, 1, 1, 1)
     return torch.where(flip, images.flip(3), images)
+
+
+def mask_spectrograms(
+    spectrograms: torch.Tensor,
+    time_mask: int,
+    freq_mask: int,
+    masks: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """SpecAugment's masks: in each (frames, n_mels) spectrogram, `masks` runs of up to
+    `time_mask` frames and `masks` runs of up to `freq_mask` mel bands are set to 0.
+
+    Returns:
+        (batch, frames, n_mels): a new tensor; widths and starts are drawn per spectrogram.
+    """
+    batch, frames, bands = spectrograms.shape
+    hidden = torch.zeros(batch, frames, bands, dtype=torch.bool)
+    if time_mask:
+        hidden |= _runs(batch, frames, time_mask, masks, generator)[:, :, None]
+    if freq_mask:
+        hidden |= _runs(batch, bands, freq_mask, masks, generator)[:, None, :]
+    hidden = to_device(hidden, spectrograms.device)
+    return spectrograms.masked_fill(hidden, 0.0)
+
+
+def _runs(batch: int, length: int, width: int, count: int, generator) -> torch.Tensor:
+    """(batch, length) bool: `count` runs per row, each of a width uniform in 0..`width` and a
+    start uniform over where it fits."""
+    widths = torch.randint(0, width + 1, (batch, count), generator=generator)
+    starts = (torch.rand(batch, count, generator=generator) * (length - widths + 1)).long()
+    positions = torch.arange(length)
+    inside = (positions >= starts[..., None]) & (positions < (starts + widths)[..., None])
+    return inside.any(dim=1)  # (batch, count, length) -> (batch, length)
 
 
 def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -57,16 +57,18 @@ def load(
         name: a source from `names()`: "digits", "iris", "wine", "breast_cancer", "diabetes",
             "csv" (with `path=` and `target=`), the image sources "fashion_mnist", "idx",
             "mnist_5k", "cifar10", "image_folder", the time series "sunspots", "nile", "co2",
-            "elnino", "series_csv" (see `torchloom.data.windows`), or the text sources
+            "elnino", "series_csv" (see `torchloom.data.windows`), the text sources
             "rotten_tomatoes" and "text_csv" (raw text, tokenized with a vocabulary fitted on
-            train; never standardized).
+            train; never standardized), or the audio sources "audio_folder" and
+            "speech_digits" (clips as log-mel spectrograms; see `torchloom.data.audio`).
         val, test: fractions of all samples held out for validation and test (time series hold
             out their last steps: a fraction below 1, or a whole count). Sources with an
             official test set (fashion_mnist, idx, cifar10) use it whenever `test` > 0, and
             `val` is a fraction of their official training set.
         seed: seeds the split.
         standardize: scale to zero mean and unit variance, fitted on train: per feature for
-            tables, per channel for images; or "per_feature" / "per_channel"; False is off.
+            tables, per channel for images, per mel band for audio; or "per_feature" /
+            "per_channel"; False is off.
         missing: what to do with missing values of a table (see `torchloom.data.missing`):
             "drop", "mean", "median", "most_frequent", "learned", or a mapping
             `{strategy, indicator, columns: {column: strategy}}`; None: a missing value is an

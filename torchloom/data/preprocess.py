@@ -11,6 +11,7 @@ from torchloom.data.missing import ColumnPrep
 from torchloom.errors import DataError
 
 if TYPE_CHECKING:
+    from torchloom.data.audio import LogMel
     from torchloom.data.embeddings import SentenceEncoder
     from torchloom.data.text import Tokenizer
 
@@ -25,8 +26,9 @@ class Preprocess:
         task: "classification" or "regression".
         mean, std: standardization fitted on the training split, one value per feature or per
             channel (see `per`); None when off.
-        per: "feature" (tables) or "channel" (images: one mean and std per color channel, over
-            every pixel of the training images).
+        per: "feature" (tables), "channel" (images: one mean and std per color channel, over
+            every pixel of the training images) or "frequency" (audio: one per mel band, over
+            every frame of the training clips).
         tokenizer: for text, the vocabulary fitted on the training split (see
             `torchloom.data.text`); `transform` then turns raw strings into token ids. None for
             numbers.
@@ -34,6 +36,9 @@ class Preprocess:
             (text, blanks) into the model's features, applied before scaling; None when the
             table needed none. `feature_names` then names the encoded features and
             `input_columns` the raw columns prediction reads.
+        audio: for audio, the log-mel spectrogram (`torchloom.data.audio.LogMel`) that turns
+            (num_samples, samples) waveforms into (num_samples, frames, n_mels) features
+            before scaling; None otherwise.
     """
 
     feature_names: list[str]
@@ -45,6 +50,7 @@ class Preprocess:
     per: str = "feature"
     tokenizer: Tokenizer | SentenceEncoder | None = None
     columns: ColumnPrep | None = None
+    audio: LogMel | None = None
 
     @property
     def vocab_size(self) -> int | None:
@@ -66,6 +72,30 @@ class Preprocess:
 
             self.tokenizer = Tokenizer.fit(train_texts, **options)
         self.mean = self.std = None
+        return self
+
+    def fit_audio(
+        self, train_waveforms: np.ndarray, options: dict, standardize: bool | str
+    ) -> Preprocess:
+        """Set the log-mel features (`options`: `LogMel`'s fields) and fit their scaler on the
+        training clips: one mean and std per mel band (True), per (frame, band) value
+        ("per_feature"), or none (False)."""
+        from torchloom.data.audio import LogMel
+
+        self.audio = LogMel.from_json(options)
+        if standardize is False:
+            return self
+        if standardize not in (True, "per_feature"):
+            raise DataError(
+                f"data.standardize: audio features are standardized per mel band (true), per "
+                f"value (per_feature) or not at all (false), got {standardize!r}."
+            )
+        features = self.audio.encode(train_waveforms)  # (clips, frames, n_mels)
+        self.per = "frequency" if standardize is True else "feature"
+        width = features.shape[-1] if self.per == "frequency" else features[0].size
+        mean, std = _feature_statistics(features.reshape(-1, width))
+        std[std < 1e-12] = 1.0  # a band that never changes (below fmin) keeps its scale
+        self.mean, self.std = mean.tolist(), std.tolist()
         return self
 
     @property
@@ -118,6 +148,8 @@ class Preprocess:
         For text: raw strings (num_samples,) in, (num_samples, max_len) int64 token ids out."""
         if self.tokenizer is not None:
             return self.tokenizer.encode(features)
+        if self.audio is not None:  # waveforms (n, samples) -> log-mel (n, frames, n_mels)
+            features = self.audio.encode(features)
         if self.columns is not None:
             features = self.columns.transform(features)
         features = np.asarray(features)
@@ -133,6 +165,8 @@ class Preprocess:
             # (channels,) -> (1, channels, 1, 1): broadcast over samples and pixels.
             trailing = (1,) * (features.ndim - 2)
             mean, std = mean.reshape(1, -1, *trailing), std.reshape(1, -1, *trailing)
+        elif self.per == "frequency":  # (n_mels,): broadcast over clips and frames
+            mean, std = mean.reshape(1, 1, -1), std.reshape(1, 1, -1)
         else:
             mean, std = mean.reshape(-1), std.reshape(-1)
             # Not -1: with no rows there is nothing to infer it from.
@@ -146,6 +180,7 @@ class Preprocess:
     def to_json(self) -> dict:
         text = {} if self.tokenizer is None else {"text": self.tokenizer.to_json()}
         missing = {} if self.columns is None else {"missing": self.columns.to_json()}
+        audio = {} if self.audio is None else {"audio": self.audio.to_json()}
         return {
             "format": 1,
             "task": self.task,
@@ -157,6 +192,7 @@ class Preprocess:
             "extra": self.extra,
             **text,
             **missing,
+            **audio,
         }
 
     @classmethod
@@ -171,6 +207,11 @@ class Preprocess:
             from torchloom.data.text import Tokenizer
 
             tokenizer = Tokenizer.from_json(payload["text"])
+        audio = None
+        if payload.get("audio") is not None:
+            from torchloom.data.audio import LogMel
+
+            audio = LogMel.from_json(payload["audio"])
         return cls(
             feature_names=list(payload["feature_names"]),
             classes=payload.get("classes"),
@@ -181,6 +222,7 @@ class Preprocess:
             per=scale.get("per", "feature"),
             tokenizer=tokenizer,
             columns=ColumnPrep.from_json(payload["missing"]) if payload.get("missing") else None,
+            audio=audio,
         )
 
 

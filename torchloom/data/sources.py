@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torchloom.data.audio import audio_folder
 from torchloom.data.image_stream import image_folder_stream
 from torchloom.data.images import cifar10, fashion_mnist, idx, image_folder, mnist_5k
 from torchloom.data.multilabel_anomaly import digits_anomaly, shuttle, yeast
 from torchloom.data.series import SERIES_SOURCES, Series
 from torchloom.data.shards import shards
+from torchloom.data.speech import speech_digits
 from torchloom.data.splits import Data
 from torchloom.data.tabular import (
     Table,
@@ -55,6 +57,8 @@ SOURCES: dict[str, Callable[..., Table | Series | Data]] = {
     **SERIES_SOURCES,  # each returns a `Series`, cut into windows by data.windows
     "rotten_tomatoes": rotten_tomatoes,
     "text_csv": text_csv,
+    "audio_folder": audio_folder,  # clips, as waveforms; log-mel features fitted on train
+    "speech_digits": speech_digits,  # spoken words rendered by espeak-ng and flite
     "shards": shards,  # written by torchloom.data.pack, read a batch at a time
 }
 

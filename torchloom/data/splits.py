@@ -44,6 +44,8 @@ def split_rows(
     name: str,
     stratify: bool,
     test_start: int | None = None,
+    groups: np.ndarray | None = None,
+    group_kinds: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """{"train", "val", "test"} row indices (unsorted), each held out by scikit-learn's
     `train_test_split` with `seed`, stratified by `targets` when `stratify`.
@@ -51,12 +53,19 @@ def split_rows(
     The test split is held out of all rows first, then val, its fraction rescaled to the rest
     (both are fractions of all rows). With `test_start`, rows from there on are the source's
     official test set (kept whole whenever `test` > 0) and val is a fraction of the rows before.
+    With `groups` (one id per row: a speaker, a voice), whole groups are held out instead of
+    rows, `val` and `test` then being fractions of the groups, stratified by `group_kinds`
+    (the kind of each row's group) when given and every kind has groups enough.
 
     Raises:
         DataError: bad fractions, a split that cannot be stratified, or a held-out split of one
             sample.
     """
     check_fractions(val, test)
+    if groups is not None:
+        return _split_groups(
+            groups, group_kinds, val=val, test=test, seed=seed, name=name, test_start=test_start
+        )
     index = np.arange(len(targets))
 
     def hold_out(pool: np.ndarray, size: float, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +103,66 @@ def split_rows(
                 f"data.{split}: 0."
             )
     return {"train": train_rows, "val": val_rows, "test": test_rows}
+
+
+def _split_groups(
+    groups: np.ndarray,
+    kinds: np.ndarray | None,
+    *,
+    val: float,
+    test: float,
+    seed: int,
+    name: str,
+    test_start: int | None,
+) -> dict[str, np.ndarray]:
+    """`split_rows` by whole groups: the test groups are held out of all groups first, then the
+    val groups, its fraction rescaled to the rest; with `test_start`, the rows from there on are
+    the test split and val is a fraction of the groups before it."""
+    from sklearn.model_selection import train_test_split
+
+    groups = np.asarray(groups)
+    index = np.arange(len(groups))
+    official = index >= (len(groups) if test_start is None else test_start)
+    kind_of: dict = {}  # group -> its kind
+    if kinds is not None:
+        kind_of = dict(zip(groups.tolist(), np.asarray(kinds).tolist(), strict=True))
+
+    def hold_out(pool: np.ndarray, size: float, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if size == 0:
+            return pool, pool[:0]
+        strata = np.asarray([kind_of[group] for group in pool.tolist()]) if kind_of else None
+        counts = None if strata is None else np.unique(strata, return_counts=True)[1]
+        if counts is not None and (len(counts) < 2 or counts.min() < 2):
+            strata = None  # one kind, or a kind of one group: nothing to share out
+        try:
+            return train_test_split(pool, test_size=size, random_state=seed, stratify=strata)
+        except ValueError as error:
+            raise DataError(
+                f"data '{name}': cannot hold out {split} speakers ({len(pool)} left to split: "
+                f"{error}). Use more speakers or a different data.{split} fraction."
+            ) from None
+
+    rest = np.unique(groups[~official])
+    if test_start is not None:
+        test_rows = index[official] if test else index[:0]
+    else:
+        rest, test_groups = hold_out(rest, test, "test")
+        test_rows = index[np.isin(groups, test_groups)]
+    rescaled = val / (1 - test) if test_start is None else val  # a fraction of all groups
+    train_groups, val_groups = hold_out(rest, rescaled, "val")
+    rows = {
+        "train": index[np.isin(groups, train_groups) & ~official],
+        "val": index[np.isin(groups, val_groups) & ~official],
+        "test": test_rows,
+    }
+    for split in ("val", "test"):
+        if len(rows[split]) == 1:
+            raise DataError(
+                f"data '{name}': the {split} split would hold 1 of {len(groups)} samples; "
+                f"at least 2 are needed to measure anything. Use more data or set "
+                f"data.{split}: 0."
+            )
+    return rows
 
 
 @dataclass

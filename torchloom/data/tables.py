@@ -58,6 +58,8 @@ def split_table(
         name=table.name,
         stratify=table.task in ("classification", "anomaly"),
         test_start=table.test_start,
+        groups=table.groups,
+        group_kinds=table.group_kinds,
     )
     train_index = rows["train"]
     if table.task == "anomaly":
@@ -65,6 +67,11 @@ def split_table(
     preprocess = fit_preprocess(
         table, rows_of(table.features, train_index), missing_spec, dropped, seed, standardize
     )
+    if table.groups is not None:  # who is in which split: no held-out speaker is in train
+        held = {**rows, "train": train_index}
+        preprocess.extra["groups"] = {
+            split: sorted(set(table.groups[index].tolist())) for split, index in held.items()
+        }
     train = make_split(table, preprocess, train_index, columns_step)
     if train is None:
         raise DataError(f"data '{table.name}': the training split is empty.")
@@ -77,8 +84,10 @@ def check_values(table: Table, missing_spec: MissingSpec | None) -> None:
     """Raise on the first NaN (unless `data.missing` handles them) or infinite feature value.
 
     Raw pixels are never NaN or inf; text (strings) has its own checks; text columns of a table
-    are checked by `missing` after encoding."""
-    if table.tokenizer is not None or np.issubdtype(table.features.dtype, np.integer):
+    are checked by `missing` after encoding; audio sources check each clip as they read it."""
+    if table.tokenizer is not None or table.audio is not None:
+        return
+    if np.issubdtype(table.features.dtype, np.integer):
         return
     flat = table.features.reshape(len(table.features), -1)
     checks: tuple[tuple[Callable[[np.ndarray], np.ndarray], str, str], ...] = (
@@ -128,6 +137,8 @@ def fit_preprocess(
     if table.tokenizer is not None:  # the vocabulary, from the training texts only
         preprocess.fit_tokenizer(train_features, table.tokenizer)
         return preprocess
+    if table.audio is not None:  # log-mel features, standardized on the training clips
+        return preprocess.fit_audio(train_features, table.audio, standardize)
     if missing_spec is not None or table.categorical:  # fills and encodings, before scaling
         train_features = missing_module.fit_columns(
             preprocess, table, train_features, missing_spec, seed

@@ -38,6 +38,15 @@ class Table:
             options (`min_freq`, `max_size`, `max_len`), fitted on the training split; else None.
         categorical: names of text columns; `features` is then an object array (numbers, text,
             NaN where missing) that `torchloom.data.missing` encodes, fitted on train.
+        audio: for audio, whose features are (num_samples, samples) float32 waveforms: the
+            log-mel spectrogram's parameters (`torchloom.data.audio.LogMel`), which turn each
+            split into (num_samples, frames, n_mels) features; `feature_names` name those.
+        groups: (num_samples,) ids of who made each sample (a speaker, a voice): samples of one
+            group are held out together, so no validation or test group is seen in training.
+            None: samples are held out one by one.
+        group_kinds: (num_samples,) the kind of each sample's group (a synthesizer, a
+            dialect): each kind's groups are held out in proportion, so every held-out split
+            has its share of each kind (when the kinds have groups enough). None: not stratified.
     """
 
     features: np.ndarray
@@ -49,6 +58,9 @@ class Table:
     test_start: int | None = None
     tokenizer: dict | None = None
     categorical: list[str] | None = None
+    audio: dict | None = None
+    groups: np.ndarray | None = None
+    group_kinds: np.ndarray | None = None
 
 
 def _from_sklearn(loader: Callable, name: str, task: str) -> Table:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchloom.diagnosis import checks_data, checks_network, checks_training
+from torchloom.diagnosis import checks_data, checks_network, checks_privacy, checks_training
 from torchloom.diagnosis.verdict import SEVERITIES, Evidence, Verdict
 from torchloom.errors import TorchloomError
 
@@ -39,6 +39,8 @@ CHECKS: dict[str, Callable[[Evidence], Verdict | None]] = {
     "data-leakage": checks_data.leakage,
     "small-validation-set": checks_data.small_validation_set,
     "input-bound": checks_data.input_bound,
+    "privacy-noise": checks_privacy.noise,
+    "privacy-clipping": checks_privacy.clipping,
 }
 # After a divergence the curves say nothing about the learning rate or fitting.
 AFTER_DIVERGENCE_SKIPPED = ("lr-too-high", "lr-too-low", "overfitting")
@@ -59,8 +61,13 @@ EXPLAINED_BY = {
         "saturated-activations",
         "unnormalized-inputs",
         "class-imbalance",
+        "privacy-noise",
+        "privacy-clipping",
     ),
 }
+# Fixes a private run's config refuses (DP-SGD clips each sample's gradient itself, and batch
+# norm has no per-sample gradient): left out of its verdicts' fixes, with a note.
+NOT_PRIVATE_FIXES = ("trainer.clip_norm", "model.batch_norm")
 
 
 @dataclass
@@ -176,8 +183,27 @@ def diagnose(evidence: Evidence, name: str = "in-memory run") -> Diagnosis:
         if symptom in verdicts and causes:
             finding = verdicts.pop(symptom).finding.rstrip(".")
             notes.append(f"{symptom}, explained by {', '.join(causes)}: {finding}.")
+    if evidence.option("trainer", "privacy") is not None:
+        notes += _private_fixes(verdicts.values())
     ordered = sorted(verdicts.values(), key=lambda v: -SEVERITIES.index(v.severity))
     return Diagnosis(ordered, notes, name)
+
+
+def _private_fixes(verdicts) -> list[str]:
+    """Drop from a private run's verdicts the fixes its config refuses; say so once."""
+    dropped: set[str] = set()
+    for verdict in verdicts:
+        for key in NOT_PRIVATE_FIXES:
+            if key in verdict.fix:
+                del verdict.fix[key]
+                dropped.add(key)
+    if not dropped:
+        return []
+    return [
+        f"a private run refuses {' and '.join(sorted(dropped))}: DP-SGD clips each sample's "
+        "gradient to trainer.privacy.max_grad_norm, and batch norm has no per-sample gradient; "
+        "ignore that part of the advice above."
+    ]
 
 
 def evidence_from(run, *, facts: dict | None = None) -> tuple[Evidence, str]:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from torchloom.errors import TorchloomError, lookup, unknown_option_problems
+from torchloom.models.audio import audio_cnn, audio_cnn_problems
 from torchloom.models.autoencoder import autoencoder, autoencoder_problems, conv_autoencoder
 from torchloom.models.cnn import convnet, convnet_problems, lenet, resnet, resnet_problems
 from torchloom.models.generative import conv_vae, dcgan, gan, generative_problems, vae
@@ -48,6 +49,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "dcgan": dcgan,
     "text_rnn": text_rnn,
     "text_bag": text_bag,
+    "audio_cnn": audio_cnn,
     "autoencoder": autoencoder,
     "conv_autoencoder": conv_autoencoder,
 }
@@ -65,6 +67,7 @@ OPTION_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     **dict.fromkeys(("vae", "conv_vae", "gan", "dcgan"), generative_problems),
     "text_rnn": lambda options: text_problems(options, hidden_list=False),
     "text_bag": lambda options: text_problems(options, hidden_list=True),
+    "audio_cnn": audio_cnn_problems,
     "autoencoder": autoencoder_problems,
     "conv_autoencoder": autoencoder_problems,
 }

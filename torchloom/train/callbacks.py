@@ -24,6 +24,7 @@ from torchloom.errors import TorchloomError
 
 if TYPE_CHECKING:
     from torchloom.data import BatchLoader
+    from torchloom.data.poisson import PoissonLoader
     from torchloom.data.streaming import StreamLoader
     from torchloom.train.setup import Setup
     from torchloom.train.step import Schedule
@@ -103,7 +104,7 @@ class TrainState:
         return self.setup.optimizer
 
     @property
-    def loader(self) -> BatchLoader | StreamLoader:
+    def loader(self) -> BatchLoader | PoissonLoader | StreamLoader:
         return self.setup.loader
 
     @property

@@ -4,9 +4,11 @@
         model.safetensors       weights
         optimizer.safetensors   optimizer tensors (momentum buffers, Adam moments)
         extra.safetensors       RNG states, the loader's generator, the epoch's partial losses,
-                                callbacks' tensors (early stopping's best weights)
+                                callbacks' tensors (early stopping's best weights), private
+                                training's noise generator and clipping statistics
         state.json              epoch, step, history, optimizer hyperparameters, scheduler,
-                                grad scaler, loader position, Python/NumPy RNG, callbacks
+                                grad scaler, loader position, Python/NumPy RNG, callbacks,
+                                private training's accountant history
         manifest.json           sha256 of every file above; written last
 
 A folder is written under a temporary name and renamed into place once its manifest is on disk,
@@ -129,6 +131,11 @@ def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
             for name, tensor in saved.pop("tensors", {}).items():
                 tensors[f"callback.{type(callback).__name__}.{name}"] = tensor
             callback_states[type(callback).__name__] = saved
+    privacy_state = None
+    if state.setup.privacy is not None:  # the accountant's history, the noise generator
+        privacy_state = state.setup.privacy.state_dict()
+        for name, tensor in privacy_state.pop("tensors").items():
+            tensors[f"privacy.{name}"] = tensor
     numpy_state: tuple = np.random.get_state()  # type: ignore[assignment]  # legacy=True form
     record = {
         "format": FORMAT,
@@ -156,6 +163,7 @@ def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         },
         "callbacks": encode(callback_states),
+        **({"privacy": privacy_state} if privacy_state is not None else {}),
     }
     return optimizer_tensors, tensors, record
 
@@ -277,6 +285,17 @@ def restore(state: TrainState, checkpoint: dict) -> None:
             prefix = f"callback.{name}."
             tensors = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
             callback.load_state_dict({**callback_states[name], "tensors": tensors})
+    privacy = state.setup.privacy
+    if privacy is not None:
+        if "privacy" not in info:  # resuming a run whose steps were not private
+            raise TorchloomError(
+                "this checkpoint was saved by a run without trainer.privacy: its steps were "
+                "not counted by a privacy accountant, so this run cannot continue privately. "
+                "Start a new run."
+            )
+        prefix = "privacy."
+        tensors = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
+        privacy.load_state_dict({**info["privacy"], "tensors": tensors})
     python_state = info["rng"]["python"]
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     numpy_state = info["rng"]["numpy"]

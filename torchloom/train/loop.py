@@ -98,6 +98,8 @@ def fit_loop(setup: Setup, state: TrainState, notify: Dispatcher) -> TrainState:
     notify("on_fit_start", state)
     try:
         for epoch in range(state.epoch, setup.config.trainer.epochs):
+            if setup.privacy is not None and setup.privacy.spent:
+                break  # resumed after the privacy budget's last step
             state.epoch = epoch
             if not train_epoch(setup, state, notify):  # interrupted; saved at that step
                 break
@@ -108,10 +110,18 @@ def fit_loop(setup: Setup, state: TrainState, notify: Dispatcher) -> TrainState:
         # Sinks close and recorders finish even when training stops on an error; a folder
         # that cannot be written makes them fail too, and the first error is the one to tell.
         with contextlib.suppress(StorageError):
-            notify("on_fit_end", state)
+            end_fit(setup, state, notify)
         raise
-    notify("on_fit_end", state)
+    end_fit(setup, state, notify)
     return state
+
+
+def end_fit(setup: Setup, state: TrainState, notify: Dispatcher) -> None:
+    """`on_fit_end`, after a private run's Opacus hooks come off (the model the sinks trace and
+    the run keeps is a plain module again)."""
+    if setup.privacy is not None:
+        setup.privacy.close()
+    notify("on_fit_end", state)
 
 
 def train_epoch(setup: Setup, state: TrainState, notify: Dispatcher) -> bool:
@@ -224,6 +234,9 @@ def end_epoch(setup: Setup, state: TrainState, notify: Dispatcher) -> None:
     state.logs = {"epoch": state.epoch + 1, "train/loss": train_loss, "lr": state.lr}
     if (state.epoch + 1) % setup.config.trainer.val_every == 0:
         state.logs.update(validation_logs(setup))
+    if setup.privacy is not None:  # the epsilon spent so far; a spent budget ends training
+        state.logs.update(setup.privacy.epoch_logs())
+        state.stop = state.stop or setup.privacy.spent
     setup.schedule.after_epoch(state.logs)
     notify("on_epoch_end", state)
 

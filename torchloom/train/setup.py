@@ -16,11 +16,13 @@ from torch import nn
 if TYPE_CHECKING:
     from torchloom.config import Config
     from torchloom.data import BatchLoader, Data
+    from torchloom.data.poisson import PoissonLoader
     from torchloom.data.streaming import StreamLoader
     from torchloom.tasks import Task
     from torchloom.tasks.base import BatchLoss
     from torchloom.train.distributed import World
     from torchloom.train.loop import Evaluator
+    from torchloom.train.privacy import PrivateTraining
     from torchloom.train.step import Schedule, Update
 
 
@@ -39,7 +41,8 @@ class Setup:
         loss_fn: the task's loss, called as `loss_fn(outputs, inputs, targets)`.
         optimizer: the optimizer over the model's trainable parameters.
         loader: the training batches (this rank's share under torchrun): in-memory
-            `BatchLoader` or `StreamLoader` over a dataset; both save and load their position.
+            `BatchLoader`, `PoissonLoader` (private training) or `StreamLoader` over a dataset;
+            all save and load their position.
         schedule: the learning-rate schedule (a no-op when none).
         update: the optimizer update with precision, clipping and non-finite handling.
         evaluate: loss and metrics over a split.
@@ -47,6 +50,8 @@ class Setup:
         device: where training runs.
         world: this process's rank and the process group (rank 0 of 1 without torchrun).
         steps_per_epoch: optimizer steps per epoch; 0 for an iterable dataset of unknown length.
+        privacy: with `trainer.privacy`, Opacus's parts (`forward`, `optimizer` and `update`
+            are then theirs, `loader` Poisson-samples); else None.
     """
 
     config: Config
@@ -56,7 +61,7 @@ class Setup:
     forward: nn.Module
     loss_fn: BatchLoss
     optimizer: torch.optim.Optimizer
-    loader: BatchLoader | StreamLoader
+    loader: BatchLoader | PoissonLoader | StreamLoader
     schedule: Schedule
     update: Update
     evaluate: Evaluator
@@ -64,6 +69,7 @@ class Setup:
     device: torch.device
     world: World
     steps_per_epoch: int
+    privacy: PrivateTraining | None = None
 
     @property
     def graphs(self) -> bool:
