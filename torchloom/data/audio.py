@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from torchloom.data.class_folders import class_folder_files
 from torchloom.data.tabular import Table
 from torchloom.errors import DataError, did_you_mean
 
@@ -299,30 +300,7 @@ def clips_table(
 
 def audio_files(path: str | None) -> tuple[list[tuple[Path, int]], list[str]]:
     """(file, class index) for every clip under path/<class>/, and the class names."""
-    if path is None:
-        raise DataError("data source 'audio_folder' needs data.path: a folder of class folders.")
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"data.path: no such folder '{path}'. Give a folder of class folders.")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise DataError(
-            f"{root}: no class folders. Expected {root}/<class name>/<clips>, one folder per class."
-        )
-    files = []
-    for label, folder in enumerate(class_dirs):
-        clips = sorted(
-            f
-            for f in folder.iterdir()
-            if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES and not f.name.startswith(".")
-        )
-        if not clips:
-            raise DataError(
-                f"{folder}: class folder without clips ({', '.join(sorted(AUDIO_SUFFIXES))}). "
-                "Add clips or remove the folder."
-            )
-        files += [(f, label) for f in clips]
-    return files, [d.name for d in class_dirs]
+    return class_folder_files(path, "audio_folder", "clips", AUDIO_SUFFIXES)
 
 
 def speakers(files: list[tuple[Path, int]], group_by: str) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from torchloom.data.class_folders import class_folder_files
 from torchloom.data.idx import read_idx_folder
 from torchloom.data.safe_pickle import load_arrays
 from torchloom.data.tabular import Table
@@ -248,31 +249,7 @@ def image_folder(
 
 def _image_files(path: str | None) -> tuple[list[tuple[Path, int]], list[str]]:
     """(file, class index) for every image under path/<class>/, and the class names."""
-    if path is None:
-        raise DataError("data source 'image_folder' needs data.path: a folder of class folders.")
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"data.path: no such folder '{path}'. Give a folder of class folders.")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise DataError(
-            f"{root}: no class folders. Expected {root}/<class name>/<images>, one folder per "
-            "class."
-        )
-    files = []
-    for label, folder in enumerate(class_dirs):
-        images = sorted(
-            f
-            for f in folder.iterdir()
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-        )
-        if not images:
-            raise DataError(
-                f"{folder}: class folder without images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
-                "Add images or remove the folder."
-            )
-        files += [(f, label) for f in images]
-    return files, [d.name for d in class_dirs]
+    return class_folder_files(path, "image_folder", "images", IMAGE_SUFFIXES)
 
 
 def _raise_unreadable(problems: list[str], total: int) -> None:
