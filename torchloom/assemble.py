@@ -4,18 +4,21 @@ loader, the update; no I/O) and the built-in callbacks."""
 
 from __future__ import annotations
 
+import random
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from torchloom import config as config_module
 from torchloom import data as data_module
 from torchloom import init as init_module
 from torchloom import models, optim
 from torchloom import transfer as transfer_module
-from torchloom.config import Config, ConfigError
+from torchloom.config import Config, ConfigError, load_config, validate
 from torchloom.data import Augment, BatchLoader, Data, DatasetSplit, Split
 from torchloom.data.placement import place
 from torchloom.data.poisson import PoissonLoader
@@ -73,6 +76,46 @@ def registries() -> dict:
         "schedulers_options": scheduler_problems,
         "tasks_options": task_option_problems,
     }
+
+
+def resolve_config(
+    config: Config | dict | str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Any accepted config form, with overrides, validated against the registries."""
+    if isinstance(config, Config):
+        config = config.model_dump(mode="json")
+    if isinstance(config, dict):
+        raw, problems = config_module.apply_overrides(config, list(overrides))
+        if problems:
+            raise ConfigError(problems, source="overrides")
+        return validate(raw, context=registries(), source="config")
+    return load_config(config, overrides, context=registries())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TorchloomError(f"trainer.device: '{name}' asked for, but no CUDA GPU is available.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TorchloomError(
+            f"trainer.device: '{name}' asked for, but this machine has "
+            f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TorchloomError(
+            f"trainer.device: '{name}' asked for, but this machine's PyTorch has no MPS (Apple "
+            "GPU) support. Use device: auto or cpu."
+        )
+    return device
 
 
 def load_data(config: Config) -> Data:

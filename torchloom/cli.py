@@ -68,10 +68,28 @@ def add_train_commands(commands) -> None:
         help="continue RUN_DIR from its newest complete checkpoint (no CONFIG needed)",
     )
 
-    evaluate = commands.add_parser("evaluate", help="metrics of a trained run on a split")
+    evaluate = commands.add_parser(
+        "evaluate", help="metrics of a trained run on a split (an agent: its return)"
+    )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument(
+        "--episodes", type=int, default=100, help="an agent run: seeded episodes to play"
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=10_000, help="an agent run: episode k resets with SEED+k"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    play = commands.add_parser(
+        "play",
+        help="watch a trained agent play: an animated GIF of seeded episodes",
+        description="Render greedy episodes of an agent run (docs/rl.md) into an animated GIF.",
+    )
+    play.add_argument("run_dir", metavar="RUN_DIR")
+    play.add_argument("--episodes", type=int, default=1, help="episodes to render")
+    play.add_argument("--seed", type=int, default=10_000, help="episode k resets with SEED+k")
+    play.add_argument("-o", "--output", default="play.gif", help="the GIF to write")
 
 
 def add_predict_command(commands) -> None:

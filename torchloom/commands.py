@@ -15,6 +15,7 @@ from rich.table import Table
 from torchloom import api
 from torchloom.command_arguments import split_config_arguments
 from torchloom.errors import DataError, TorchloomError, did_you_mean
+from torchloom.rl.run import AgentRun, is_agent_run, load_agent_run
 from torchloom.tracking_commands import runs, tune  # noqa: F401 dispatched by name
 
 console = Console()
@@ -30,6 +31,8 @@ def train(args: argparse.Namespace) -> int:
         run = api.resume(args.resume)
     else:
         run = api.fit_config(path, overrides)
+    if isinstance(run, AgentRun):
+        return agent_trained(run)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     if run.summary is not None and "test" in run.summary:  # measured as the run finished
@@ -58,7 +61,54 @@ def data(args: argparse.Namespace) -> int:
     return data_tool(args)
 
 
+def agent_trained(run: AgentRun) -> int:
+    evaluation = (run.summary or {}).get("evaluation")
+    if evaluation:
+        print_agent_evaluation(evaluation)
+    if run.dir is not None:
+        console.print(f"run saved to [bold]{run.dir}[/bold]")
+        console.print(f"  evaluate: torchloom evaluate {run.dir} --episodes 100")
+        console.print(f"  watch:    torchloom play {run.dir} --episodes 3 -o play.gif")
+        if run.config.output.tensorboard:
+            console.print(f"  curves:   tensorboard --logdir {run.dir.parent}")
+    return 0
+
+
+def print_agent_evaluation(evaluation: dict) -> None:
+    console.print(
+        f"return over {evaluation['episodes']} episodes: {evaluation['return_mean']:.2f} "
+        f"+- {evaluation['return_std']:.2f} (min {evaluation['return_min']:g}, max "
+        f"{evaluation['return_max']:g}); mean length {evaluation['length_mean']:.1f}",
+        highlight=False,
+    )
+
+
+def play(args: argparse.Namespace) -> int:
+    """`torchloom play RUN_DIR`: an agent's episodes as an animated GIF."""
+    if not is_agent_run(args.run_dir):
+        raise TorchloomError(
+            f"{args.run_dir}: not an agent run (its config.yaml has no env section); play "
+            "renders agents trained with torchloom train on an env config (docs/rl.md)."
+        )
+    if args.episodes < 1:
+        raise TorchloomError(f"--episodes: expected 1 or more, got {args.episodes}.")
+    output = Path(args.output)
+    if output.suffix.lower() != ".gif":
+        raise TorchloomError(f"-o {output}: play writes an animated GIF; name it *.gif.")
+    played = load_agent_run(args.run_dir).play(output, args.episodes, args.seed)
+    returns = ", ".join(f"{value:g}" for value in played["returns"])
+    console.print(f"wrote {output} ({played['frames']} frames); returns: {returns}")
+    return 0
+
+
 def evaluate(args: argparse.Namespace) -> int:
+    if is_agent_run(args.run_dir):
+        metrics = load_agent_run(args.run_dir).evaluate(args.episodes, args.seed)
+        if args.json:
+            print(json.dumps(metrics))
+        else:
+            print_agent_evaluation(metrics)
+        return 0
     run = api.load_run(args.run_dir)
     if run.data is None:
         raise TorchloomError(
@@ -230,7 +280,13 @@ def summary(args: argparse.Namespace) -> int:
 def doctor(args: argparse.Namespace) -> int:
     from torchloom.diagnosis import doctor as diagnose
 
-    diagnosis = diagnose(args.run_dir, quiet=True)
+    if is_agent_run(args.run_dir):
+        from torchloom.rl.doctor import diagnose_agent
+
+        run = load_agent_run(args.run_dir)
+        diagnosis = diagnose_agent(run.history, run.config, str(args.run_dir))
+    else:
+        diagnosis = diagnose(args.run_dir, quiet=True)
     if args.json:
         print(json.dumps(diagnosis.to_json(), indent=2))
     else:

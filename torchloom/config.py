@@ -30,7 +30,9 @@ from pydantic import (
 
 from torchloom.errors import ConfigError, did_you_mean, unknown_name_message
 
-Task = Literal["classification", "regression", "forecast", "multilabel", "anomaly", "vae", "gan"]
+Task = Literal[
+    "classification", "regression", "forecast", "multilabel", "anomaly", "vae", "gan", "rl"
+]
 Mode = Literal["auto", "min", "max"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 COMPILE_MODES = typing.get_args(CompileMode)
@@ -746,6 +748,74 @@ class TransferConfig(Section):
         return self
 
 
+class PPOConfig(Section):
+    """`env.ppo`: proximal policy optimization (Schulman et al., 2017), clipped objective and
+    GAE advantages; the defaults are Stable-Baselines3's."""
+
+    rollout_steps: int = Field(
+        2048, ge=1, description="steps each environment plays between two updates"
+    )
+    epochs: int = Field(10, ge=1, description="passes over each rollout")
+    minibatch_size: int = Field(64, ge=1, description="transitions per gradient step")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE's bias/variance trade-off")
+    clip_range: float = Field(0.2, gt=0, description="how far one update may move the policy")
+    entropy_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus")
+    value_coef: float = Field(0.5, ge=0, description="weight of the value loss")
+    normalize_advantages: bool = Field(True, description="standardize advantages per minibatch")
+    anneal: bool = Field(
+        False, description="decay the learning rate and the clip range linearly to 0"
+    )
+
+
+class DQNConfig(Section):
+    """`env.dqn`: deep Q-learning (Mnih et al., 2015) with a replay buffer and a target
+    network; the defaults are Stable-Baselines3's."""
+
+    buffer_size: int = Field(100_000, ge=1, description="transitions the replay buffer holds")
+    learning_starts: int = Field(
+        100, ge=0, description="environment steps of random play before learning"
+    )
+    batch_size: int = Field(32, ge=1, description="transitions per gradient step")
+    train_every: int = Field(
+        4, ge=1, description="environment steps (all environments together) between updates"
+    )
+    gradient_steps: int = Field(1, ge=1, description="gradient steps per update")
+    target_update: int = Field(
+        10_000, ge=1, description="environment steps between copies into the target network"
+    )
+    gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
+    exploration_fraction: float = Field(
+        0.1, ge=0, le=1, description="share of `env.steps` over which epsilon falls"
+    )
+    exploration_start: float = Field(1.0, ge=0, le=1, description="epsilon at the start")
+    exploration_final: float = Field(0.05, ge=0, le=1, description="epsilon after the fall")
+    double: bool = Field(False, description="double DQN: the online network picks the action")
+
+
+class EnvConfig(Section):
+    """An agent run (docs/rl.md): a Gymnasium environment, played by a zoo model (`mlp` over
+    vector observations, `convnet` over pixels) and trained with PPO or DQN. With `env`, the
+    data, loss and scheduler sections are not used; `optimizer` and `trainer.seed`,
+    `trainer.device`, `trainer.clip_norm` and `trainer.progress` are."""
+
+    id: str = Field("CartPole-v1", description="a registered Gymnasium environment id")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments to `gymnasium.make`"
+    )
+    algorithm: Literal["ppo", "dqn"] = Field("ppo", description="`ppo` or `dqn`")
+    steps: int = Field(100_000, ge=1, description="environment steps to train for, in all")
+    num_envs: int = Field(8, ge=1, description="environments played side by side")
+    eval_episodes: int = Field(
+        100, ge=0, description="seeded episodes played after training for summary.json"
+    )
+    checkpoint_every: int = Field(
+        10_000, ge=1, description="environment steps between checkpoints (at update ends)"
+    )
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO's settings (below)")
+    dqn: DQNConfig = Field(default_factory=DQNConfig, description="DQN's settings (below)")
+
+
 class Config(Section):
     """A whole run. Every field has a default: an empty config trains the MLP on digits."""
 
@@ -764,6 +834,9 @@ class Config(Section):
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
     transfer: TransferConfig = TransferConfig()
+    env: EnvConfig | None = Field(
+        None, description="train an agent on a Gymnasium environment instead (below)"
+    )
     search: dict[str, Any] | None = Field(
         None,
         description="`torchloom tune`'s search space: dotted config path -> distribution; "
@@ -777,6 +850,17 @@ class Config(Section):
         if problems:
             raise ValueError("\n".join(problems))
         return value
+
+    @model_validator(mode="after")
+    def _agent_run(self) -> Config:
+        if self.task == "rl" and self.env is None:
+            raise ValueError("task 'rl' needs an env section, e.g. env: {id: CartPole-v1}")
+        if self.env is not None and self.task not in (None, "rl"):
+            raise ValueError(
+                f"task '{self.task}' trains on data; an env section trains an agent. Remove "
+                "one of them."
+            )
+        return self
 
     @field_validator("task_options")
     @classmethod
@@ -985,6 +1069,7 @@ def to_yaml(config: Config, replace: dict | None = None) -> str:
     """The resolved config as YAML, every default written out; `replace` swaps whole sections
     for what training resolved (the task, the data's split, the model's full options)."""
     data = {**config.model_dump(mode="json"), **(replace or {})}
-    if data.get("search") is None:
-        data.pop("search", None)  # only tuning configs carry a search space
+    for section in ("search", "env"):  # only tuning configs and agent runs carry these
+        if data.get(section) is None:
+            data.pop(section, None)
     return yaml.safe_dump(data, sort_keys=False)

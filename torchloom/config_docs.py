@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from torchloom import keywords
@@ -91,6 +92,8 @@ def default_text(info: FieldInfo) -> str:
         return f"{value:g}"
     if isinstance(value, list | dict):
         return yaml.safe_dump(value, default_flow_style=True).strip()
+    if isinstance(value, BaseModel):  # a section with its own table
+        return "its defaults"
     return str(value)
 
 

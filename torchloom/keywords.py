@@ -28,6 +28,7 @@ _LOADING = (
 NOT_FIT_OPTIONS: dict[tuple[str, ...], str] = {
     ("model",): "`fit()` is given the model itself: a module, or a zoo name",
     ("search",): "`torchloom tune`'s search space; training ignores it",
+    ("env",): "agents train from a config: `torchloom train` or `torchloom.rl.train(config)`",
     ("data", "name"): _LOADING,
     ("data", "path"): _LOADING,
     ("data", "target"): _LOADING,

@@ -163,7 +163,15 @@ def make_run_dir(root: str, name: str | None, model: nn.Module, data: Data) -> P
     spec = getattr(model, "torchloom_build", None)
     model_name = spec["name"] if spec else type(model).__name__.lower()
     data_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.name).stem)  # a CSV path: its stem
-    base = name or f"{model_name}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return create_run_dir(root, name or timestamped(f"{model_name}-{data_name}"))
+
+
+def timestamped(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run_dir(root: str, base: str) -> Path:
+    """A new folder `base` under `root`, or `base-2`, `base-3`, ... when it is taken."""
     root_path = Path(root)
     try:
         root_path.mkdir(parents=True, exist_ok=True)

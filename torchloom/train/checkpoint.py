@@ -78,8 +78,17 @@ def save_checkpoint(
 
     `epoch`: the epoch a resume runs (or continues) next; by default the current one (a save
     mid-epoch), the next one for a save at an epoch's end."""
-    folder = Path(folder)
     optimizer_tensors, tensors, record = snapshot(state, epoch)
+    model = state.model.state_dict()
+    return write_checkpoint(folder, model, optimizer_tensors, tensors, {**record, **(extra or {})})
+
+
+def write_checkpoint(
+    folder: Path, model: dict, optimizer: dict, tensors: dict, record: dict
+) -> Path:
+    """Write the four files of a checkpoint (`FILES`) and its manifest under a staging name,
+    then commit it; nothing is left behind when a write fails. Agent runs use it too."""
+    folder = Path(folder)
     staging = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -89,11 +98,11 @@ def save_checkpoint(
     except OSError as error:  # a read-only or vanished run directory
         raise write_failure(staging, error) from None
     try:
-        save_tensors(staging / "model.safetensors", state.model.state_dict())
-        save_tensors(staging / "optimizer.safetensors", optimizer_tensors)
+        save_tensors(staging / "model.safetensors", model)
+        save_tensors(staging / "optimizer.safetensors", optimizer)
         save_tensors(staging / "extra.safetensors", tensors)
         # compact: the RNG states alone are 1,250 numbers
-        atomic_write_json(staging / "state.json", {**record, **(extra or {})}, indent=None)
+        atomic_write_json(staging / "state.json", record, indent=None)
         manifest = {name: sha256(staging / name) for name in FILES}
         atomic_write_json(staging / "manifest.json", manifest)
         commit(staging, folder)
@@ -103,10 +112,9 @@ def save_checkpoint(
     return folder
 
 
-def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
-    """What a checkpoint holds: the optimizer's tensors, the other tensors (RNG states, the
-    loader's generator, the epoch's losses, callbacks' tensors) and the state.json record."""
-    optimizer_state = state.optimizer.state_dict()
+def optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """An optimizer's state as (tensors for optimizer.safetensors, its state.json record)."""
+    optimizer_state = optimizer.state_dict()
     optimizer_tensors, optimizer_scalars = {}, {}
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():
@@ -114,10 +122,46 @@ def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
                 optimizer_tensors[f"{index}.{key}"] = value
             else:
                 optimizer_scalars[f"{index}.{key}"] = value
+    record = {
+        "param_groups": encode(optimizer_state["param_groups"]),
+        "scalars": encode(optimizer_scalars),
+    }
+    return optimizer_tensors, record
+
+
+def rng_parts() -> tuple[dict, dict]:
+    """The global generators' states: (tensors: PyTorch's, CUDA's; record: Python's, NumPy's)."""
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for device, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{device}"] = rng
+    numpy_state: tuple = np.random.get_state()  # type: ignore[assignment]  # legacy=True form
+    record = {
+        "python": encode(random.getstate()),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+    }
+    return tensors, record
+
+
+def restore_rng(record: dict, tensors: dict) -> None:
+    """Put back the generators `rng_parts` saved."""
+    python_state = record["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = record["numpy"]
+    np.random.set_state(
+        (numpy_state[0], np.asarray(numpy_state[1], dtype=np.uint32), *numpy_state[2:])
+    )
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
+    """What a checkpoint holds: the optimizer's tensors, the other tensors (RNG states, the
+    loader's generator, the epoch's losses, callbacks' tensors) and the state.json record."""
+    optimizer_tensors, optimizer_record = optimizer_parts(state.optimizer)
+    tensors, rng_record = rng_parts()
     loader_state = dict(state.loader.state_dict())
     if "generator" in loader_state:  # the in-memory loader's permutation generator
         tensors["loader.generator"] = loader_state.pop("generator")
@@ -136,7 +180,6 @@ def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
         privacy_state = state.setup.privacy.state_dict()
         for name, tensor in privacy_state.pop("tensors").items():
             tensors[f"privacy.{name}"] = tensor
-    numpy_state: tuple = np.random.get_state()  # type: ignore[assignment]  # legacy=True form
     record = {
         "format": FORMAT,
         "version": __version__,
@@ -146,10 +189,7 @@ def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
         "skipped_steps": state.skipped_steps,
         "logs": state.logs,
         "history": state.history,
-        "optimizer": {
-            "param_groups": encode(optimizer_state["param_groups"]),
-            "scalars": encode(optimizer_scalars),
-        },
+        "optimizer": optimizer_record,
         "scheduler": encode(state.schedule.state_dict()),
         "scaler": encode(state.scaler.state_dict()),
         # position, epoch and, for a user's dataset read by torchdata, its loader's state
@@ -158,10 +198,7 @@ def snapshot(state: TrainState, epoch: int | None) -> tuple[dict, dict, dict]:
             "world_size": state.loader.world_size,  # processes under torchrun, else 1
         },
         "epoch_sizes": state.epoch_sizes,
-        "rng": {
-            "python": encode(random.getstate()),
-            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        },
+        "rng": rng_record,
         "callbacks": encode(callback_states),
         **({"privacy": privacy_state} if privacy_state is not None else {}),
     }
@@ -296,16 +333,7 @@ def restore(state: TrainState, checkpoint: dict) -> None:
         prefix = "privacy."
         tensors = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
         privacy.load_state_dict({**info["privacy"], "tensors": tensors})
-    python_state = info["rng"]["python"]
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-    numpy_state = info["rng"]["numpy"]
-    np.random.set_state(
-        (numpy_state[0], np.asarray(numpy_state[1], dtype=np.uint32), *numpy_state[2:])
-    )
-    torch.set_rng_state(extra["rng.torch"])
-    cuda_states = [extra[k] for k in sorted(extra) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    restore_rng(info["rng"], extra)
 
 
 def find_resumable(directory: Path) -> tuple[Path, dict]:

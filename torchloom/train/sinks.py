@@ -39,13 +39,17 @@ class JsonlSink(Callback):
         self.last_flush = 0.0
 
     def on_fit_start(self, state: TrainState) -> None:
-        if state.step > 0 and self.path.is_file():  # resuming
+        self.open(state.step)
+        self.epochs_written = len(state.history)
+
+    def open(self, step: int) -> None:
+        """Open for appending; past step 0 (a resume), drop the lines logged after `step`."""
+        if step > 0 and self.path.is_file():
             lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line)["step"] <= state.step]
+            kept = [line for line in lines if json.loads(line)["step"] <= step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         with writing(self.path):
             self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self.epochs_written = len(state.history)
         self.last_flush = time.monotonic()
 
     def write(self, payload: dict) -> None:
@@ -88,6 +92,11 @@ class JsonlSink(Callback):
             # An epoch that ended in NaN never reached on_epoch_end; it is still in the history.
             for row in state.history[self.epochs_written :]:
                 self.write({"kind": "epoch", "step": state.step, **row})
+        self.close()
+
+    def close(self) -> None:
+        """Write what is pending, make it durable, close."""
+        if self.descriptor is not None:
             try:
                 self.flush()
                 with writing(self.path):
