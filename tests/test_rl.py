@@ -4,8 +4,10 @@ resume after SIGKILL, evaluation, the GIF of play, the doctor and the errors."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -243,3 +245,70 @@ def test_doctor_on_agent_runs():
     assert diagnose_agent(exploding, config())["value-loss-exploding"].severity == "error"
     diverging = history(np.linspace(10, 50, 20), q_value=np.geomspace(1, 1e5, 20))
     assert "q-values-diverging" in diagnose_agent(diverging, config("dqn"))
+
+
+class Lights(gym.Env):
+    """Observes a 12x12 RGB image lit red or green; the reward is 1 for the action naming the
+    colour. Ends after 8 steps."""
+
+    observation_space = gym.spaces.Box(0, 255, (12, 12, 3), dtype=np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def _image(self):
+        self.colour = int(self.np_random.integers(2))
+        image = np.zeros((12, 12, 3), np.uint8)
+        image[..., self.colour] = 255
+        return image
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._image(), {}
+
+    def step(self, action):
+        reward = float(action == self.colour)
+        self.t += 1
+        return self._image(), reward, self.t >= 8, False, {}
+
+
+gym.register("TorchloomLights-v0", entry_point=Lights)
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "dqn"])
+def test_a_convnet_learns_from_pixels(algorithm):
+    run = rl.train(None, ["env.id=TorchloomLights-v0", f"env.algorithm={algorithm}",
+                          "env.steps=3000", "env.num_envs=4", "env.ppo.rollout_steps=64",
+                          "env.dqn.learning_starts=200", "env.dqn.target_update=200",
+                          "env.dqn.exploration_fraction=0.3", "optimizer={name: adam, lr: 0.001}",
+                          "model={name: convnet, channels: [8], hidden: [16], dropout: 0}",
+                          "env.eval_episodes=10", *FAST[:2]])  # fmt: skip
+    assert run.summary["evaluation"]["return_mean"] >= 7  # of 8; chance is 4
+
+
+def test_mlp_refuses_pixels_and_names_the_fix():
+    with pytest.raises(TorchloomError, match=r"mlp takes vectors, and this environment observes "
+                       r"images \(\(3, 12, 12\)\)\. Use convnet\."):  # fmt: skip
+        rl.train(None, ["env.id=TorchloomLights-v0", *FAST])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    command = [sys.executable, "-m", "torchloom", "train", str(REPO / "examples" /
+               "cartpole_dqn.yaml"), f"output.dir={tmp_path}", "output.name=agent"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        metrics = tmp_path / "agent" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert "--resume" in stderr
+    (folder,) = (tmp_path / "agent" / "checkpoints").glob("step-*")
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    assert int(folder.name[5:]) == last["step"]  # saved where it stopped
+    assert not (tmp_path / "agent" / "summary.json").exists()
