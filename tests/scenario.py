@@ -11,6 +11,7 @@ printing `dying at WHERE:N` first:
     forward:N     inside the Nth training step of this process, before its backward pass
     write:N       inside the Nth file a checkpoint writes in this process, half of it written
     rename:N      between the two renames of the Nth checkpoint that replaces one of its step
+    discard:N     while the Nth old checkpoint is deleted (keep_last), its manifest gone first
     report:N      while the report is drawn, after training
     time:S        S seconds after this process started, wherever it is
 `--limit-file-size step:N:BYTES` lowers this process's file-size limit (RLIMIT_FSIZE) after step
@@ -118,7 +119,7 @@ def inject(where: str, number: int) -> None:
     """Patch the writes, renames, validation or report of this process to die at the Nth."""
     from torchloom import io, report
 
-    counts = {"validation": 0, "write": 0, "rename": 0}
+    counts = {"validation": 0, "write": 0, "rename": 0, "discard": 0}
     if where == "validation":
         original_call = Evaluator.__call__
 
@@ -153,6 +154,21 @@ def inject(where: str, number: int) -> None:
             return result
 
         Path.rename = dying_rename
+    elif where == "discard":
+        import shutil
+
+        original_rmtree = shutil.rmtree
+
+        def dying_rmtree(path, *args, **kwargs):
+            name = Path(path).name
+            if name.startswith(("step-", ".del-step-")):  # an old checkpoint (not staging)
+                counts["discard"] += 1
+                if counts["discard"] == number:
+                    (Path(path) / "manifest.json").unlink()  # the file a reader needs most
+                    die("discard", number)
+            return original_rmtree(path, *args, **kwargs)
+
+        shutil.rmtree = dying_rmtree
     elif where == "report":
 
         def dying_render(parts):

@@ -113,6 +113,25 @@ def test_a_kill_between_the_renames_of_a_checkpoint_loses_no_step(tmp_path, base
 
 
 @pytest.mark.slow
+def test_a_kill_while_an_old_checkpoint_is_deleted_leaves_no_torn_one(tmp_path, baseline):
+    """keep_last 3, a checkpoint every 5 steps and after each 13-step epoch: the save of step 15
+    deletes step 5's folder, and the process dies after that folder lost its manifest. No
+    `step-*` folder is torn; resume finishes the deletion and ends equal to the uninterrupted
+    run."""
+    run = tmp_path / "run"
+    killed = scenario(tmp_path, "run", "--kill", "discard:1")
+    assert killed.returncode == -signal.SIGKILL and dying_at(killed.stderr) == "discard"
+    checkpoints = run / "checkpoints"
+    assert checkpoint_steps(run) == [10, 13, 15]  # each loads and passes its hashes
+    assert not (checkpoints / ".del-step-00000005" / "manifest.json").exists()
+    resumed = run_cli("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step 15" in resumed.stdout + resumed.stderr
+    assert not list(checkpoints.glob(".del-step-*"))
+    assert_same_run(baseline, run)
+
+
+@pytest.mark.slow
 def test_a_kill_inside_a_checkpoint_write_leaves_only_committed_checkpoints(tmp_path, baseline):
     # Every 5 steps a save writes 5 files; the 8th write is the second save's third file.
     run = tmp_path / "run"
@@ -334,6 +353,7 @@ class Slow(nn.Module):
 
     def forward(self, x):
         if self.training:
+            print("forward", flush=True)
             time.sleep({seconds})
         return self.linear(x)
 
@@ -366,7 +386,10 @@ def slow_run(root: Path, seconds: float, log_every: int) -> subprocess.Popen:
 
 def test_a_second_signal_stops_at_once_with_143(tmp_path):
     process = slow_run(tmp_path, seconds=3.0, log_every=1)
-    assert process.stdout.readline().startswith("logged 1 ")  # step 2 sleeps in its forward
+    # The first signal lands inside step 2's forward (after step 1's, a signal could come
+    # before step 1's end is served, and the run would stop there, not mid-step).
+    lines = iter(process.stdout.readline, "")
+    assert [next(lines).split()[0] for _ in range(3)] == ["forward", "logged", "forward"]
     process.send_signal(signal.SIGTERM)  # would stop after step 2, 3 s from now
     time.sleep(0.3)
     sent = time.monotonic()
@@ -407,6 +430,8 @@ def test_metrics_lines_reach_disk_within_a_second_whole(tmp_path):
 
     def read_logged():
         for line in process.stdout:
+            if not line.startswith("logged "):
+                continue  # "forward": a step began
             _, step, when = line.split()
             logged[int(step)] = float(when)
 

@@ -364,6 +364,4 @@ def save(agent: Agent, run_dir: Path, history, jsonl, events) -> None:
     checkpoints.write_checkpoint(folder, model, optimizer_tensors, tensors, record)
     kept = sorted((run_dir / "checkpoints").glob("step-*"))
     for old in kept[: -agent.config.output.keep_last]:
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
+        checkpoints.discard(old)

@@ -220,10 +220,24 @@ def commit(staging: Path, folder: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder, renamed out of the `step-*` names first: a crash while its
+    files are removed one by one leaves a `.del-` folder `recover` finishes, never a torn
+    checkpoint under a step's name."""
+    doomed = folder.with_name(f".del-{folder.name}")
+    try:
+        folder.rename(doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def recover(directory: Path) -> None:
     """Finish what a crash interrupted in `directory`: a staging folder committed by its
     manifest whose rename did not happen goes into place (or the copy moved aside comes back);
-    staging folders a crash left half-written are removed."""
+    staging folders a crash left half-written, and folders it was deleting, are removed."""
+    for doomed in directory.glob(".del-step-*"):
+        shutil.rmtree(doomed, ignore_errors=True)
     for aside in directory.glob(".old-step-*"):
         folder = directory / aside.name.removeprefix(".old-")
         staging = directory / f".tmp-{folder.name}"
@@ -453,9 +467,9 @@ class Checkpoint(Callback):
                 {"checkpoint": name, "monitor": self.monitor, "value": value},
             )
             if previous is not None and previous not in self.saved and previous != name:
-                shutil.rmtree(self.directory / previous, ignore_errors=True)
+                discard(self.directory / previous)
         while len(self.saved) > self.keep_last:
             old = self.saved.pop(0)
             if old != self.best_name:
-                shutil.rmtree(self.directory / old, ignore_errors=True)
+                discard(self.directory / old)
         return path
