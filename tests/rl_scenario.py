@@ -29,6 +29,7 @@ SETTINGS = {
         "env.algorithm=dqn", "env.steps=2400", "env.num_envs=2", "env.dqn.learning_starts=200",
         "env.dqn.train_every=100", "env.dqn.gradient_steps=8", "env.dqn.target_update=150",
         "env.dqn.buffer_size=1500", "env.checkpoint_every=500", "model.hidden=[32]",
+        "env.keep_best_every=600", "env.keep_best_episodes=3",
     ],
 }  # fmt: skip
 

@@ -19,7 +19,9 @@ from tests.conftest import require
 from torchloom.cli import main
 from torchloom.data import Augment, BatchLoader
 from torchloom.data.audio import LogMel, audio_folder
+from torchloom.data.preprocess import Preprocess
 from torchloom.errors import DataError, TorchloomError
+from torchloom.models.audio import LogMelInput
 
 soundfile = require("soundfile", "pip install 'torchloom[audio]'")
 RATE = 16000
@@ -150,10 +152,41 @@ def test_speech_digits_holds_out_whole_voices_and_can_test_on_the_other_engine(s
     assert {voice.split("/")[0] for voice in voices["test"]} == {"flite"}
     assert len(voices["test"]) == 4 and len(engine.test) == 8
     assert not any(voice.startswith("flite") for voice in voices["train"] + voices["val"])
-    # Standardized per mel band on the training clips: the bands' means are 0 there.
-    assert data.train.features.shape[1:] == (101, 40) and data.preprocess.per == "frequency"
-    band_means = data.train.features.mean(dim=(0, 1))
+    # Waveforms, which the model's front end turns into log-mel spectrograms standardized per
+    # mel band on the training clips: the bands' means are 0 there.
+    assert data.train.features.shape[1:] == (16000,) and data.preprocess.per == "frequency"
+    front = LogMelInput(torch.nn.Identity(), data.preprocess).eval()
+    spectrograms = front(data.train.features)
+    assert spectrograms.shape[1:] == (101, 40)
+    band_means = spectrograms.mean(dim=(0, 1))
     assert band_means.abs().max() < 1e-4 and len(data.preprocess.mean) == 40
+    # The same numbers as the host's librosa-checked encode, scaled by the saved statistics.
+    host = data.preprocess.audio.encode(data.val.features.numpy())
+    scaled = (host - np.float32(data.preprocess.mean)) / np.float32(data.preprocess.std)
+    torch.testing.assert_close(front(data.val.features), torch.from_numpy(scaled))
+
+
+def test_the_front_end_masks_in_training_only_seeded_by_its_saved_count():
+    """SpecAugment inside the model: masks in train mode, drawn from (seed, batches masked so
+    far); the count is in the state dict, so a model restored from it draws the same masks."""
+    clips = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (6, 8000)).astype(np.float32))
+    preprocess = Preprocess(["x"], ["a"], "classification", audio=LogMel(seconds=0.5))
+    masks = Augment(time_mask=10, freq_mask=6, seed=3)
+    front = LogMelInput(torch.nn.Identity(), preprocess, masks)
+    plain = front.eval()(clips)
+    assert not (plain == 0).all(dim=2).any()  # no frame silenced without masks
+    front.train()
+    first, second = front(clips), front(clips)
+    assert not torch.equal(first, second) and int(front.masked_batches) == 2
+    assert ((first == 0) != (plain == 0)).any()  # masks hid frames or bands
+    saved = {k: v.clone() for k, v in front.state_dict().items()}
+    assert set(saved) == {"masked_batches"}  # window, filterbank, scaler: from preprocess.json
+    third = front(clips)
+    restored = LogMelInput(torch.nn.Identity(), preprocess, masks).train()
+    restored.load_state_dict(saved)
+    assert torch.equal(restored(clips), third)
+    with pytest.raises(TorchloomError, match=r"hears clips of 8000 samples .* got inputs of"):
+        front(torch.zeros(2, 100))
 
 
 def test_spectrogram_masks_are_seeded_per_batch_and_hide_bands_and_frames():

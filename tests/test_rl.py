@@ -136,6 +136,38 @@ def test_sigkilled_agent_resumes_bitwise_equal(tmp_path, algorithm):
         json.loads((tmp_path / n / "summary.json").read_text()) for n in ("whole", "killed")
     ]
     assert summaries[0]["evaluation"] == summaries[1]["evaluation"]
+    assert summaries[0].get("kept") == summaries[1].get("kept")  # DQN keeps its best scoring
+
+
+def test_keep_best_makes_the_best_scored_weights_the_model(tmp_path):
+    """Scored every 600 steps (checkpoints at the same steps): the model is the checkpoint of
+    the best scoring (the later one on a tie), summary.json says which, and scoring the model
+    again gives its score."""
+    from torchloom.rl.run import SELECTION_SEED, load_agent_run
+
+    settings = [
+        "env.algorithm=dqn", "env.steps=4200", "env.num_envs=2", "env.dqn.learning_starts=200",
+        "env.dqn.train_every=100", "env.dqn.gradient_steps=50", "env.dqn.target_update=150",
+        "env.dqn.exploration_fraction=0.3", "model.hidden=[64]", "optimizer.name=adam",
+        "optimizer.lr=0.0023", "env.checkpoint_every=600", "env.keep_best_every=600",
+        "env.keep_best_episodes=4", "output.keep_last=10", f"output.dir={tmp_path}",
+        "output.name=agent", "trainer.progress=false", "env.eval_episodes=0",
+    ]  # fmt: skip
+    run = rl.train(None, settings)
+    rows = [json.loads(line) for line in (tmp_path / "agent" / "metrics.jsonl").open()]
+    scored = [(row["eval/return"], row["step"]) for row in rows if "eval/return" in row]
+    assert [step for _, step in scored] == list(range(600, 4201, 600))
+    best_score, best_step = max(scored)  # the highest score, the latest step among ties
+    assert best_step < 4200  # this seed's last weights score lower: the kept ones are earlier
+    assert run.summary["kept"] == {"step": best_step, "score": best_score, "episodes": 4,
+                                   "seed": SELECTION_SEED}  # fmt: skip
+    model = load_file(tmp_path / "agent" / "model.safetensors")
+    kept = load_file(
+        tmp_path / "agent" / "checkpoints" / f"step-{best_step:08d}" / "model.safetensors"
+    )
+    assert all(torch.equal(model[k], kept[k]) for k in model)
+    again = load_agent_run(tmp_path / "agent").evaluate(4, seed=SELECTION_SEED)
+    assert again["return_mean"] == best_score
 
 
 def test_run_directory_evaluate_play_and_doctor(tmp_path):

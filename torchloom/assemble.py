@@ -23,6 +23,7 @@ from torchloom.data import Augment, BatchLoader, Data, DatasetSplit, Split
 from torchloom.data.placement import place
 from torchloom.data.poisson import PoissonLoader
 from torchloom.errors import DataError, TorchloomError, did_you_mean
+from torchloom.models.audio import LogMelInput
 from torchloom.tasks import TASKS, make_task
 from torchloom.tasks import option_problems as task_option_problems
 from torchloom.train.callbacks import (
@@ -170,7 +171,7 @@ def build(
     if trainer.privacy is not None:
         _check_private(task, config, data, world)
     trained_on, loader, sample = _training_batches(data, task, config, device, world)
-    model = model.to(device)
+    model = with_audio_input(model, data, config).to(device)
     if optimizer is None:
         optimizer = _fresh_model(model, sample, data, task, config, device)
     loss_name = config.loss.name or task.default_loss
@@ -475,13 +476,32 @@ def _to_channels_last(model: nn.Module, sample: torch.Tensor) -> None:
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
-def _augment_for(config: Config, data: Data) -> Augment | None:
-    """The training-batch augmentation `data.augment` asks for, checked against the data."""
+def _augmentation(config: Config, data: Data) -> Augment | None:
+    """The augmentation `data.augment` asks for, checked against the samples (audio: the
+    spectrograms the model's front end makes)."""
     if config.data.augment is None:
         return None
     augment = Augment(**config.data.augment.model_dump(), seed=config.trainer.seed)
-    augment.check(data.input_shape, data.name)
+    audio = getattr(data.preprocess, "audio", None)
+    augment.check(data.input_shape if audio is None else audio.shape, data.name)
     return augment
+
+
+def _augment_for(config: Config, data: Data) -> Augment | None:
+    """The loader's augmentation of training batches; none for audio, whose masks the model's
+    front end draws after it made the spectrograms (`with_audio_input`)."""
+    if getattr(data.preprocess, "audio", None) is not None:
+        _augmentation(config, data)  # checked all the same, before anything runs
+        return None
+    return _augmentation(config, data)
+
+
+def with_audio_input(model: nn.Module, data: Data, config: Config) -> nn.Module:
+    """An audio run's model behind its log-mel front end (`LogMelInput`: spectrograms, their
+    scaling and masks computed on the model's device); any other model as it is."""
+    if getattr(data.preprocess, "audio", None) is None or isinstance(model, LogMelInput):
+        return model
+    return LogMelInput(model, data.preprocess, _augmentation(config, data))
 
 
 def _task_for(config: Config, data: Data):

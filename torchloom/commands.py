@@ -260,7 +260,9 @@ def summary(args: argparse.Namespace) -> int:
     path, overrides = split_config_arguments(args.arguments)
     config = api.resolve_config(path, overrides)
     data = api.load_data(config)
-    model = models.build(config.model.name, **config.model.options)
+    from torchloom.assemble import with_audio_input
+
+    model = with_audio_input(models.build(config.model.name, **config.model.options), data, config)
     example = data.train.sample(2).features[:2]
     models.materialize(model, example, data.num_outputs, data.preprocess.vocab_size)
     rows = models.summary(model, example)

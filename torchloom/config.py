@@ -812,6 +812,16 @@ class EnvConfig(Section):
     checkpoint_every: int = Field(
         10_000, ge=1, description="environment steps between checkpoints (at update ends)"
     )
+    keep_best_every: int = Field(
+        0,
+        ge=0,
+        description="environment steps between scorings of the agent during training, each "
+        "over `keep_best_episodes` greedy episodes on seeds the final evaluation never plays; "
+        "the best-scoring weights become the run's model. 0: off, the last weights are kept",
+    )
+    keep_best_episodes: int = Field(
+        10, ge=1, description="greedy episodes each scoring plays (with `keep_best_every`)"
+    )
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO's settings (below)")
     dqn: DQNConfig = Field(default_factory=DQNConfig, description="DQN's settings (below)")
 

@@ -199,10 +199,10 @@ def refusal(run: Run) -> str | None:
     preprocess = run.preprocess
     if preprocess.audio is not None:
         return (
-            f"export: cannot fold the preprocessing of {where} into the file: it is an audio "
-            "run, whose inputs are clips read from files, resampled and turned into log-mel "
-            "spectrograms with the parameters in preprocess.json. Predict with `torchloom "
-            f"predict {run_dir} CLIP.wav`, which reads raw audio files as training did."
+            f"export: {where} is not exported yet: it is an audio run, whose inputs are clips "
+            "read from files and resampled, and whose model begins with a log-mel front end "
+            "(torch.stft) that export does not yet write. Predict with `torchloom predict "
+            f"{run_dir} CLIP.wav`, which reads raw audio files as training did."
         )
     if preprocess.tokenizer is not None:
         step = (

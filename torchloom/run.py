@@ -109,14 +109,14 @@ class Run:
                 or, for one channel, (num_samples, height, width); for text runs, raw strings
                 (a list, or one string), tokenized with the run's saved vocabulary; for audio
                 runs, a path or a list of paths of audio files (.wav, .flac, .ogg), or waveforms
-                (num_samples, samples) at the run's rate, turned into log-mel spectrograms as
-                training did.
+                (num_samples, samples) at the run's rate, which the model's front end turns into
+                log-mel spectrograms as in training.
                 Tables trained with text columns or `data.missing` also take raw rows (an
                 object array or a pandas DataFrame of the input columns) with blanks (NaN or
                 None), filled and encoded as training did.
             preprocessed: the inputs are already scaled (skip the saved preprocessing); for
-                text, (num_samples, length) token ids; for audio, standardized log-mel
-                spectrograms (num_samples, frames, n_mels).
+                text, (num_samples, length) token ids; for audio, waveforms (num_samples,
+                samples) at the run's rate and length (what the model's front end takes).
 
         Returns:
             Classification: {"class": (n,) int, "probabilities": (n, num_classes)};

@@ -35,6 +35,10 @@ MODEL_FILES = ("config.yaml", "model.safetensors", "preprocess.json", "task.json
 
 def model_section(model: nn.Module) -> dict:
     """How to rebuild the model: its zoo name and options with every default written out."""
+    from torchloom.models.audio import LogMelInput
+
+    if isinstance(model, LogMelInput):  # an audio run: the front end is rebuilt from
+        model = model.body  # preprocess.json, the model behind it from this section
     spec = getattr(model, "torchloom_build", None)
     if spec is None:
         return {"name": "custom", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
@@ -271,6 +275,10 @@ def load_run(run_dir: str | Path, model: nn.Module | None = None, *, data: bool 
                 f"{run_dir / 'task.json'}: not valid JSON ({error}). It holds the run's "
                 "thresholds: train the run again."
             ) from None
+    if preprocess.audio is not None:  # waveforms in: the log-mel front end, then the model
+        from torchloom.models.audio import LogMelInput
+
+        model = LogMelInput(model, preprocess)
     # Text runs take token ids (0 is <pad>); others take floats.
     dtype = torch.float32 if preprocess.vocab_size is None else torch.int64
     example = torch.zeros(2, *preprocess.extra["input_shape"], dtype=dtype)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from torchloom.data.class_folders import class_folder_files
 from torchloom.data.tabular import Table
@@ -155,8 +156,6 @@ class LogMel:
         Raises:
             DataError: clips of another length than `samples`.
         """
-        import torch
-
         waveforms = np.asarray(waveforms, dtype=np.float32)
         if waveforms.ndim != 2 or waveforms.shape[1] != self.samples:
             raise DataError(
@@ -169,16 +168,27 @@ class LogMel:
         parts = [np.zeros((0, *self.shape), dtype=np.float32)]
         for start in range(0, len(waveforms), chunk):
             clips = torch.from_numpy(waveforms[start : start + chunk])
-            spectrum = torch.stft(
-                clips, self.n_fft, self.hop_length, window=window, center=True,
-                pad_mode="constant", return_complex=True,
-            )  # fmt: skip  # (clips, frequencies, frames)
-            mel = filterbank @ (spectrum.real**2 + spectrum.imag**2)  # (clips, n_mels, frames)
-            decibels = 10 * torch.log10(mel.clamp(min=1e-10))
-            loudest = decibels.amax(dim=(1, 2), keepdim=True)
-            decibels = torch.maximum(decibels, loudest - self.top_db)
-            parts.append(decibels.transpose(1, 2).contiguous().numpy())  # (clips, frames, n_mels)
+            parts.append(self.compute(clips, window, filterbank).numpy())
         return np.concatenate(parts)
+
+    def compute(
+        self, clips: torch.Tensor, window: torch.Tensor, filterbank: torch.Tensor
+    ) -> torch.Tensor:
+        """(clips, samples) float32 waveforms -> (clips, frames, n_mels) log-mel dB, on the
+        clips' device: the one computation `encode` (host, for the scaler's statistics) and
+        `torchloom.models.audio.LogMelInput` (the model's device, every batch) share.
+
+        `window`: `torch.hann_window(n_fft, periodic=True)`; `filterbank`: `filterbank()` as a
+        tensor, both on the clips' device."""
+        spectrum = torch.stft(
+            clips, self.n_fft, self.hop_length, window=window, center=True,
+            pad_mode="constant", return_complex=True,
+        )  # fmt: skip  # (clips, frequencies, frames)
+        mel = filterbank @ (spectrum.real**2 + spectrum.imag**2)  # (clips, n_mels, frames)
+        decibels = 10 * torch.log10(mel.clamp(min=1e-10))
+        loudest = decibels.amax(dim=(1, 2), keepdim=True)
+        decibels = torch.maximum(decibels, loudest - self.top_db)
+        return decibels.transpose(1, 2).contiguous()  # (clips, frames, n_mels)
 
     def to_json(self) -> dict:
         return asdict(self)

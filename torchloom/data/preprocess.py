@@ -38,7 +38,9 @@ class Preprocess:
             `input_columns` the raw columns prediction reads.
         audio: for audio, the log-mel spectrogram (`torchloom.data.audio.LogMel`) that turns
             (num_samples, samples) waveforms into (num_samples, frames, n_mels) features
-            before scaling; None otherwise.
+            before scaling; None otherwise. Both are applied on the model's device by
+            `torchloom.models.audio.LogMelInput`, which every audio run's model sits behind:
+            `transform` leaves waveforms as they are.
     """
 
     feature_names: list[str]
@@ -145,11 +147,12 @@ class Preprocess:
     def transform(self, features: np.ndarray) -> np.ndarray:
         """Apply the fitted fills and encodings (tables with `columns`), then the scaling;
         returns float32 of the same shape ((num_samples, len(feature_names)) for `columns`).
-        For text: raw strings (num_samples,) in, (num_samples, max_len) int64 token ids out."""
+        For text: raw strings (num_samples,) in, (num_samples, max_len) int64 token ids out.
+        For audio: waveforms as float32, unchanged (the model's front end does the rest)."""
         if self.tokenizer is not None:
             return self.tokenizer.encode(features)
-        if self.audio is not None:  # waveforms (n, samples) -> log-mel (n, frames, n_mels)
-            features = self.audio.encode(features)
+        if self.audio is not None:  # waveforms: the model's front end makes the features
+            return np.asarray(features, dtype=np.float32)
         if self.columns is not None:
             features = self.columns.transform(features)
         features = np.asarray(features)

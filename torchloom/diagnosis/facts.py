@@ -11,8 +11,10 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from torchloom.data import DatasetSplit, Split
+from torchloom.models.audio import LogMelInput
 
 # Rows used for the training-split metrics and the linear baseline: enough for a stable estimate,
 # few enough that a big dataset adds well under a second to the end of fit.
@@ -54,7 +56,12 @@ def run_facts(run) -> dict:
         )
     train = _subset(data.train, MAX_ROWS)
     vocab_size = run.preprocess.vocab_size  # text: token ids, whose "scale" means nothing
-    features = train.features.detach().cpu().reshape(len(train), -1).double().numpy()
+    inputs = train.features
+    if isinstance(run.model, LogMelInput):  # audio: the spectrograms the model's body reads
+        with torch.no_grad():
+            device = run.model.window.device
+            inputs = run.model.spectrograms(inputs.to(device))
+    features = inputs.detach().cpu().reshape(len(train), -1).double().numpy()
     facts: dict = {
         "task": run.task.name,
         "splits": sizes,

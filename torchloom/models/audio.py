@@ -126,3 +126,66 @@ def audio_cnn_problems(options: dict) -> list[str]:
     if not isinstance(options.get("center", True), bool):
         problems.append(f"model.center: expected true or false, got {options['center']!r}.")
     return problems
+
+
+class LogMelInput(nn.Module):
+    """Raw clips in, the model's answer out: the log-mel front end every audio run wraps its
+    model in, on the model's device.
+
+    (batch, samples) waveforms -> `LogMel.compute` (torch.stft and librosa's filterbank) ->
+    the per-band standardization fitted on the training clips -> in training, SpecAugment's
+    time and frequency masks (`data.augment`) -> `body`, the run's model, which sees
+    (batch, frames, n_mels). Every parameter comes from `preprocess.json`; the window, the
+    filterbank and the scaler are buffers left out of the state dict (rebuilt from it), so
+    model.safetensors holds the body's weights under `body.` and `masked_batches`, the
+    count of masked batches that seeds the next one's masks (a resumed run draws the masks the
+    uninterrupted one drew).
+
+    Attributes:
+        body: the model the spectrograms go to.
+        features: the run's `torchloom.data.audio.LogMel`.
+    """
+
+    def __init__(self, body: nn.Module, preprocess, augment=None):
+        super().__init__()
+        features = preprocess.audio
+        assert features is not None, "LogMelInput needs an audio run's preprocessing"
+        self.body, self.features = body, features
+        window = torch.hann_window(features.n_fft, periodic=True)
+        self.register_buffer("window", window, persistent=False)
+        filterbank = torch.from_numpy(features.filterbank())
+        self.register_buffer("filterbank", filterbank, persistent=False)
+        self.scaled = preprocess.mean is not None
+        if self.scaled:
+            shape = (1, 1, -1) if preprocess.per == "frequency" else (1, *features.shape)
+            mean = torch.tensor(preprocess.mean, dtype=torch.float32).reshape(shape)
+            std = torch.tensor(preprocess.std, dtype=torch.float32).reshape(shape)
+            self.register_buffer("mean", mean, persistent=False)
+            self.register_buffer("std", std, persistent=False)
+        self.augment = augment if augment is not None and augment.masking else None
+        self.register_buffer("masked_batches", torch.zeros((), dtype=torch.int64))
+
+    def spectrograms(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> (batch, frames, n_mels), standardized, never masked."""
+        samples = self.features.samples
+        if waveforms.dim() != 2 or waveforms.shape[1] != samples:
+            raise TorchloomError(
+                f"this audio run hears clips of {samples} samples ({self.features.seconds:g} s "
+                f"at {self.features.sample_rate} Hz) as (batch, samples) waveforms, got inputs "
+                f"of shape {tuple(waveforms.shape)}. Give audio files, or waveforms of that "
+                "length at that rate."
+            )
+        # float32 whatever the autocast: power spectra reach 1e5, past float16's range
+        with torch.autocast(waveforms.device.type, enabled=False):
+            features = self.features.compute(waveforms.float(), self.window, self.filterbank)
+            if self.scaled:
+                features = (features - self.mean) / self.std
+        return features
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        features = self.spectrograms(waveforms)
+        if self.training and self.augment is not None:
+            # Seeded by (run seed, batches masked so far), the count kept with the weights.
+            features = self.augment(features, epoch=0, batch_index=int(self.masked_batches))
+            self.masked_batches += 1
+        return self.body(features)

@@ -17,6 +17,10 @@ def plot_returns(history: list[dict], path: Path) -> Path:
     points = [(row["step"], row["episode/return"]) for row in history if "episode/return" in row]
     if points:
         axes.plot(*zip(*points, strict=True), label="episodes finished in each update")
+    scored = [(row["step"], row["eval/return"]) for row in history if "eval/return" in row]
+    if scored:  # env.keep_best_every: the greedy scorings the kept weights were chosen by
+        axes.plot(*zip(*scored, strict=True), "o-", label="greedy scorings (keep_best_every)")
+        axes.legend()
     axes.set(xlabel="environment step", ylabel="return", title="Episode return")
     axes.grid(alpha=0.3)
     figure.tight_layout()
@@ -65,6 +69,12 @@ def write_agent_report(run) -> Path:
         "<h2>Doctor</h2>",
         _verdicts(diagnose_agent(run.history, run.config)),
     ]
+    kept = summary.get("kept")
+    if kept:
+        sections.append(
+            f"<p>The model is the weights of step {kept['step']}, the best of the scorings "
+            f"during training ({kept['score']:.1f} over {kept['episodes']} greedy episodes).</p>"
+        )
     evaluation = summary.get("evaluation")
     if evaluation:
         shown = [(k, float(v)) for k, v in evaluation.items()]

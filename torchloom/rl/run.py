@@ -15,6 +15,9 @@ from torchloom.rl import envs
 from torchloom.rl.agents import build_agent, observation_batch
 
 EVALUATION_SEED = 10_000  # evaluation episodes start from seeds no training reset used
+# Scorings during training (env.keep_best_every) play from here: the weights they pick are
+# then evaluated on episodes they were not picked on.
+SELECTION_SEED = 20_000
 
 
 class AgentRun:

@@ -86,6 +86,10 @@ class Agent:
         self.clip_norm = config.trainer.clip_norm
         self.generator = np.random.default_rng(seed)  # minibatch orders, exploration
         self.updates = 0
+        # env.keep_best_every: the best scoring so far ({"score", "step", "weights"}) and the
+        # step of the last one
+        self.best: dict | None = None
+        self.last_scored = 0
         self.target: torch.nn.Module | None = None
         self.buffer: dqn.ReplayBuffer | None = None
         if self.settings.algorithm == "dqn":
@@ -156,6 +160,25 @@ class Agent:
             )  # fmt: skip
         return logs
 
+    def due_for_scoring(self, done: bool) -> bool:
+        """`env.keep_best_every` steps since the last scoring, or the run's last update."""
+        every = self.settings.keep_best_every
+        return every > 0 and (done or self.steps - self.last_scored >= every)
+
+    def score(self) -> float:
+        """The greedy return over `keep_best_episodes` selection episodes; the weights are kept
+        when they score at least the best so far (a tie goes to the more trained)."""
+        from torchloom.rl.run import SELECTION_SEED, AgentRun
+
+        episodes = self.settings.keep_best_episodes
+        playing = AgentRun(self.config, self.network, None, [])
+        value = playing.evaluate(episodes, seed=SELECTION_SEED)["return_mean"]
+        self.last_scored = self.steps
+        if self.best is None or value >= self.best["score"]:
+            weights = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+            self.best = {"score": value, "step": self.steps, "weights": weights}
+        return value
+
     # -- saving ------------------------------------------------------------------------------
     def checkpoint_parts(self, history: list[dict]) -> tuple[dict, dict, dict, dict]:
         optimizer_tensors, optimizer_record = checkpoints.optimizer_parts(self.optimizer)
@@ -177,6 +200,11 @@ class Agent:
             for name, tensor in self.target.state_dict().items():
                 tensors[f"target.{name}"] = tensor
             record["buffer_position"] = self.buffer.position
+        record["last_scored"] = self.last_scored
+        if self.best is not None:
+            record["best"] = {"score": self.best["score"], "step": self.best["step"]}
+            for name, tensor in self.best["weights"].items():
+                tensors[f"best.{name}"] = tensor
         return self.network.state_dict(), optimizer_tensors, tensors, record
 
     def restore(self, saved: dict) -> list[dict]:
@@ -197,6 +225,11 @@ class Agent:
             self.target.load_state_dict(
                 {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             )
+        self.last_scored = info.get("last_scored", 0)
+        if info.get("best") is not None:
+            prefix = "best."
+            weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            self.best = {**info["best"], "weights": weights}
         checkpoints.restore_rng(info["rng"], tensors)
         return list(info["history"])
 
@@ -248,9 +281,11 @@ def train(
 def finish(agent: Agent, run_dir: Path | None, history: list[dict], status: str, seconds: float):
     """The trained weights, the evaluation, summary.json and the report."""
     from torchloom.rl.report import write_agent_report
-    from torchloom.rl.run import AgentRun
+    from torchloom.rl.run import SELECTION_SEED, AgentRun
 
     env = agent.settings
+    if agent.best is not None:  # env.keep_best_every: the best-scoring weights are the model
+        agent.network.load_state_dict(agent.best["weights"])
     run = AgentRun(agent.config, agent.network, run_dir, history)
     if run_dir is not None:
         save_tensors(run_dir / "model.safetensors", agent.network.state_dict())
@@ -262,6 +297,13 @@ def finish(agent: Agent, run_dir: Path | None, history: list[dict], status: str,
         "steps": agent.steps,
         "seconds": round(seconds, 3),  # this process's training time
     }
+    if agent.best is not None:
+        summary["kept"] = {
+            "step": agent.best["step"],
+            "score": agent.best["score"],
+            "episodes": env.keep_best_episodes,
+            "seed": SELECTION_SEED,
+        }
     if env.eval_episodes:
         summary["evaluation"] = run.evaluate(env.eval_episodes)
     run.summary = summary
@@ -322,6 +364,8 @@ def play_and_learn(agent: Agent, run_dir: Path | None, history: list[dict]) -> s
                 logs = agent.update()
                 agent.updates += 1
                 logs |= agent.player.episodes.take()
+                if agent.due_for_scoring(agent.steps >= settings.steps or not agent.can_update()):
+                    logs["eval/return"] = agent.score()
                 now = time.monotonic()
                 logs["steps_per_second"] = (agent.steps - clock_steps) / max(now - clock, 1e-9)
                 clock, clock_steps = now, agent.steps
