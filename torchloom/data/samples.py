@@ -188,19 +188,63 @@ def batch_from_collate(batch, keys: Keys, name: str):
     return None, to_tensor(given_input, "input", where), to_tensor(given_target, "target", where)
 
 
+# A tensor a worker process returns reaches the training process through shared memory: the
+# worker copies it into a shared segment and hands its file descriptor over a socket, a fixed
+# cost per tensor in both processes. Below this size pickling the values through the worker's
+# pipe costs less (measured in docs/benchmarks.md, "Your own Dataset or DataLoader").
+BY_VALUE_BYTES = 512 * 1024
+
+
+def to_wire(value):
+    """A batch's tensor (or dict of tensors) as a worker should send it: small CPU tensors as
+    NumPy arrays, pickled by value; everything else as it is. `from_wire` undoes it."""
+    if isinstance(value, dict):
+        return {key: to_wire(item) for key, item in value.items()}
+    if (
+        isinstance(value, torch.Tensor)
+        and value.device.type == "cpu"
+        and value.nbytes <= BY_VALUE_BYTES
+        and value.dtype != torch.bfloat16  # NumPy has no bfloat16
+        and not value.requires_grad
+    ):
+        return value.numpy()
+    return value
+
+
+def from_wire(value):
+    """`to_wire`'s arrays back as tensors (sharing their memory), in the training process."""
+    if isinstance(value, dict):
+        return {key: from_wire(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
+
+
 class Collate:
     """The loader's collate function: torchloom's stacking with checks, or the user's own
     `collate_fn` (its batch taken as it comes, then split into input and target).
 
     Items are `(index, sample)` pairs (see `torchloom.data.streaming.SeededSamples`), or plain
-    samples from an iterable dataset (`indexed` False)."""
+    samples from an iterable dataset (`indexed` False). `by_value` (for loaders with worker
+    processes, unpinned) returns small tensors through `to_wire`; the loader's reader passes
+    each batch through `from_wire`."""
 
-    def __init__(self, keys: Keys, name: str, user_collate=None, indexed: bool = True):
+    def __init__(
+        self, keys: Keys, name: str, user_collate=None, indexed: bool = True,
+        by_value: bool = False,
+    ):  # fmt: skip
         self.keys, self.name = keys, name
         self.user_collate = user_collate
         self.indexed = indexed
+        self.by_value = by_value
 
     def __call__(self, items: list):
+        indices, inputs, targets = self.collate(items)
+        if self.by_value:
+            return indices, to_wire(inputs), to_wire(targets)
+        return indices, inputs, targets
+
+    def collate(self, items: list):
         if self.indexed:
             indices = [index for index, _ in items]
             samples = [sample for _, sample in items]

@@ -27,9 +27,10 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from torchloom.data.loader import plan_batches
-from torchloom.data.samples import Collate
+from torchloom.data.samples import Collate, from_wire
 from torchloom.data.splits import Split
 from torchloom.errors import DataError, TorchloomError
 
@@ -359,6 +360,7 @@ class StreamLoader:
                         "checkpoint is intact; resume with torchloom train --resume RUN_DIR."
                     ) from None
                 raise
+            inputs, targets = from_wire(inputs), from_wire(targets)
             self.wait_seconds += time.perf_counter() - started
             self.batches_read += 1
             if self.check is not None:
@@ -448,17 +450,45 @@ def _user_collate(user: DataLoader | None):
     return user.collate_fn
 
 
+class WorkerStart:
+    """A loader worker's `worker_init_fn`: starts a thread that ends the worker when the
+    training process is gone, then runs the user's own `worker_init_fn`.
+
+    Batches come back from workers by value through a pipe (`Collate.by_value`). When the
+    training process is SIGKILLed with a batch still in that pipe, the worker's queue thread
+    waits for ever for a reader to drain it, and the worker's exit waits on that thread:
+    PyTorch's own watchdog has already let it go. This thread does not wait."""
+
+    def __init__(self, user_init: Callable[[int], None] | None):
+        self.user_init = user_init
+
+    def __call__(self, worker_id: int) -> None:
+        parent = os.getppid()
+        threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+        if self.user_init is not None:
+            self.user_init(worker_id)
+
+
+def _exit_without(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _loader_options(split: DatasetSplit, num_workers: int, pin: bool, seed: int) -> dict:
     """The training `DataLoader`'s options other than how it batches: workers, collate,
     pinning, seeding (a user's `DataLoader` brings its worker init, prefetch and context)."""
     user = split.user_loader
-    collate = Collate(split.keys, split.name, _user_collate(user), indexed=not split.iterable)
+    collate = Collate(
+        split.keys, split.name, _user_collate(user), indexed=not split.iterable,
+        by_value=num_workers > 0 and not pin,
+    )  # fmt: skip
     options = {
         "num_workers": num_workers,
         "collate_fn": collate,
         "pin_memory": pin,
         "persistent_workers": num_workers > 0,
-        "worker_init_fn": None if user is None else user.worker_init_fn,
+        "worker_init_fn": WorkerStart(None if user is None else user.worker_init_fn),
         # A loader draws its workers' base seed when an iterator starts: from its own
         # generator, never the global one, whose state the checkpoint restores.
         "generator": torch.Generator().manual_seed(seed),
@@ -561,6 +591,7 @@ def evaluation_batches(
             return
         except DataError as error:
             raise DataError(worker_message(error)) from None
+        inputs, targets = from_wire(inputs), from_wire(targets)
         if split.check is not None:
             inputs, targets = split.check(indices, inputs, targets)
         yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -569,11 +600,15 @@ def evaluation_batches(
 def _evaluation_loader(split, batch_size, rank, world_size) -> DataLoader:
     user = split.user_loader
     workers = user.num_workers if user is not None else split.workers
-    collate = Collate(split.keys, split.name, _user_collate(user), indexed=not split.iterable)
+    collate = Collate(
+        split.keys, split.name, _user_collate(user), indexed=not split.iterable,
+        by_value=workers > 0,
+    )  # fmt: skip
     options = {
         "num_workers": workers,
         "collate_fn": collate,
         "persistent_workers": workers > 0,
+        "worker_init_fn": WorkerStart(None),
         "generator": torch.Generator().manual_seed(0),  # never a draw from the global one
     }
     if split.iterable:
@@ -623,7 +658,8 @@ def target_pass(split: DatasetSplit) -> int:
     one is an error."""
     loader = _evaluation_loader(split, 256, 0, 1)
     high = -1
-    for _, _, targets in loader:
+    for _, _, wired in loader:
+        targets = from_wire(wired)
         if targets.numel():
             low = int(targets.min())
             if low < 0:
