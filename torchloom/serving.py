@@ -46,9 +46,9 @@ INSTALL = "pip install 'torchloom[serve]'"
 TOKEN_VARIABLE = "TORCHLOOM_SERVE_TOKEN"
 # The most inputs one request may carry, and the most rows one forward pass takes.
 MAX_INPUTS = 1024
-# A forward pass quicker than this runs on the event loop itself: handing it to the model's
-# thread and back costs about 0.1 ms, as much as a small MLP's whole pass. Not more: a LeNet's
-# 0.6 ms pass on the loop answered one client at 0.82x the thread's speed (docs/serve.md).
+# A forward pass quicker than this runs on the event loop itself: the hop to the model's thread
+# and back costs as much as a small MLP's whole pass. Not more: slower passes on the loop held
+# up the next requests (docs/serve.md measures both sides of the line).
 INLINE_PASS_SECONDS = 2e-4
 # Generative runs make samples rather than answer inputs.
 NOT_SERVED = {"vae": "a VAE", "gan": "a GAN"}
@@ -662,7 +662,7 @@ def serve(
     )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio turns Nagle's algorithm off only on sockets that say they are
-    # TCP, and with it on, each answer on a kept-alive connection waited ~40 ms for an ACK.
+    # TCP, and with it on, each answer on a kept-alive connection waited for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
