@@ -151,6 +151,7 @@ class LogMelInput(nn.Module):
         features = preprocess.audio
         assert features is not None, "LogMelInput needs an audio run's preprocessing"
         self.body, self.features = body, features
+        self.window: torch.Tensor
         window = torch.hann_window(features.n_fft, periodic=True)
         self.register_buffer("window", window, persistent=False)
         filterbank = torch.from_numpy(features.filterbank())
@@ -163,6 +164,7 @@ class LogMelInput(nn.Module):
             self.register_buffer("mean", mean, persistent=False)
             self.register_buffer("std", std, persistent=False)
         self.augment = augment if augment is not None and augment.masking else None
+        self.masked_batches: torch.Tensor
         self.register_buffer("masked_batches", torch.zeros((), dtype=torch.int64))
 
     def spectrograms(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -187,5 +189,5 @@ class LogMelInput(nn.Module):
         if self.training and self.augment is not None:
             # Seeded by (run seed, batches masked so far), the count kept with the weights.
             features = self.augment(features, epoch=0, batch_index=int(self.masked_batches))
-            self.masked_batches += 1
+            self.masked_batches.add_(1)
         return self.body(features)
