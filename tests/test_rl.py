@@ -221,8 +221,8 @@ def test_ppo_balances_cartpole_for_500_steps_within_100k_steps():
 @pytest.mark.slow
 def test_dqn_learns_cartpole():
     """A shorter DQN run than the example's (a quarter of its gradient steps, 3-episode scorings
-    for the weights it keeps): well above a
-    random policy's 22 (docs/rl.md has the full runs and the bar)."""
+    for the weights it keeps): well above a random policy's 22 (docs/rl.md has the full runs
+    and the bar)."""
     run = rl.train(REPO / "examples" / "cartpole_dqn.yaml", ["output.dir=null",
                    "trainer.progress=false", "env.dqn.gradient_steps=32",
                    "env.eval_episodes=20", "env.keep_best_episodes=3"])  # fmt: skip
