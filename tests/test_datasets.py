@@ -570,3 +570,28 @@ def test_an_iterable_dataset_with_state_resumes_exactly(tmp_path, workers):
     assert resumed.history == whole.history  # 30 batches an epoch: resumed mid-epoch 2
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_small_batches_cross_the_worker_pipe_by_value_and_come_back_equal():
+    """What a worker sends (`to_wire`, pickled) is what the training process gets back
+    (`from_wire`): small tensors as NumPy arrays, the rest (large, bfloat16, conjugate views) as
+    tensors through shared memory."""
+    import pickle
+
+    from torchloom.data.samples import BY_VALUE_BYTES, from_wire, to_wire
+
+    cases = {
+        "float": (torch.randn(3, 4), np.ndarray),
+        "transposed view": (torch.randn(4, 3).t(), np.ndarray),
+        "int64": (torch.arange(5), np.ndarray),
+        "large": (torch.ones(BY_VALUE_BYTES // 4 + 1), torch.Tensor),
+        "bfloat16": (torch.ones(2, dtype=torch.bfloat16), torch.Tensor),
+        "conjugate view": (torch.randn(2, dtype=torch.complex64).conj(), torch.Tensor),
+    }
+    for name, (tensor, sent_as) in cases.items():
+        wired = to_wire(tensor)
+        assert isinstance(wired, sent_as), name
+        back = from_wire(pickle.loads(pickle.dumps(wired)))
+        assert isinstance(back, torch.Tensor) and torch.equal(back, tensor), name
+    batch = from_wire(pickle.loads(pickle.dumps(to_wire({"image": torch.ones(2, 3)}))))
+    assert torch.equal(batch["image"], torch.ones(2, 3))

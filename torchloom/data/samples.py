@@ -206,6 +206,7 @@ def to_wire(value):
         and value.nbytes <= BY_VALUE_BYTES
         and value.dtype != torch.bfloat16  # NumPy has no bfloat16
         and not value.requires_grad
+        and not (value.is_conj() or value.is_neg())  # views NumPy cannot share
     ):
         return value.numpy()
     return value
