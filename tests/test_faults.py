@@ -552,3 +552,30 @@ def test_stale_staging_folders_are_cleared_on_resume(tmp_path, baseline):
     (half / "model.safetensors").write_bytes(b"half")
     assert newest_step(tmp_path / "run") == 52
     assert not half.exists()
+
+
+def test_resuming_from_a_mid_epoch_checkpoint_at_an_epoch_end_step_keeps_one_epoch_line(tmp_path):
+    """Step 26 is checkpointed mid-epoch and then its epoch ends (with validation) at the same
+    step; a kill before the epoch end's checkpoint commits resumes from the mid-epoch one, whose
+    history holds one epoch. The epoch line of step 26 was already on disk: it goes, and the
+    resumed run logs it once again (the chaos test saw it twice)."""
+    from torchloom.train.sinks import JsonlSink
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [
+        {"kind": "epoch", "step": 13, "epoch": 1},
+        {"kind": "step", "step": 24, "epoch": 2},
+        {"kind": "step", "step": 26, "epoch": 2},
+        {"kind": "epoch", "step": 26, "epoch": 2},
+        {"kind": "step", "step": 28, "epoch": 3},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sink = JsonlSink(path)
+    sink.open(26, epochs=1)
+    sink.close()
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert kept == rows[:3]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sink.open(26, epochs=2)  # resumed from the epoch end's checkpoint: its line stays
+    sink.close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:4]

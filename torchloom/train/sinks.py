@@ -39,14 +39,27 @@ class JsonlSink(Callback):
         self.last_flush = 0.0
 
     def on_fit_start(self, state: TrainState) -> None:
-        self.open(state.step)
+        self.open(state.step, epochs=len(state.history))
         self.epochs_written = len(state.history)
 
-    def open(self, step: int) -> None:
-        """Open for appending; past step 0 (a resume), drop the lines logged after `step`."""
+    def open(self, step: int, epochs: int | None = None) -> None:
+        """Open for appending; past step 0 (a resume), drop the lines logged after `step` and
+        the epoch lines past the first `epochs` (the epochs the checkpoint had ended).
+
+        A step's mid-epoch checkpoint and its epoch's end can share a step: resumed from the
+        mid-epoch one, the epoch line of that same step was logged after it and comes again."""
         if step > 0 and self.path.is_file():
             lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line)["step"] <= step]
+            kept, epoch_lines = [], 0
+            for line in lines:
+                row = json.loads(line)
+                if row["step"] > step:
+                    continue
+                if row.get("kind") == "epoch":
+                    epoch_lines += 1
+                    if epochs is not None and epoch_lines > epochs:
+                        continue
+                kept.append(line)
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         with writing(self.path):
             self.descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
