@@ -489,9 +489,8 @@ def _augmentation(config: Config, data: Data) -> Augment | None:
 
 def _augment_for(config: Config, data: Data) -> Augment | None:
     """The loader's augmentation of training batches; none for audio, whose masks the model's
-    front end draws after it made the spectrograms (`with_audio_input`)."""
+    front end draws after it made the spectrograms (`with_audio_input` builds and checks them)."""
     if getattr(data.preprocess, "audio", None) is not None:
-        _augmentation(config, data)  # checked all the same, before anything runs
         return None
     return _augmentation(config, data)
 

@@ -166,6 +166,10 @@ class LogMelInput(nn.Module):
         self.augment = augment if augment is not None and augment.masking else None
         self.masked_batches: torch.Tensor
         self.register_buffer("masked_batches", torch.zeros((), dtype=torch.int64))
+        # The count as a Python int, read from the buffer once after each load: reading the
+        # buffer every step would wait for the device.
+        self.masked: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "masked", None))
 
     def spectrograms(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> (batch, frames, n_mels), standardized, never masked."""
@@ -188,6 +192,9 @@ class LogMelInput(nn.Module):
         features = self.spectrograms(waveforms)
         if self.training and self.augment is not None:
             # Seeded by (run seed, batches masked so far), the count kept with the weights.
-            features = self.augment(features, epoch=0, batch_index=int(self.masked_batches))
+            if self.masked is None:
+                self.masked = int(self.masked_batches)
+            features = self.augment(features, epoch=0, batch_index=self.masked)
+            self.masked += 1
             self.masked_batches.add_(1)
         return self.body(features)
