@@ -160,12 +160,14 @@ def step_train(args) -> None:
     seconds = time.perf_counter() - started
     samples = len(data.train)
     accuracy = run.evaluate("val")["accuracy"]
+    chosen = data.train.workers  # what num_workers (auto: chosen at the start) came to
     del run, data
     finish(
         {
             "seconds": seconds,
             "samples": samples,
             "samples_per_s": samples / timer.seconds[0],
+            "num_workers": chosen,
             "val_accuracy": accuracy,
             "rss_before_data_mb": before,
         }
@@ -212,11 +214,13 @@ def step_fashion(args) -> None:
     run, timer = fashion_fit(data, args.fashion_epochs, args.workers)
     samples = len(data.train)
     accuracy = run.evaluate("test")["accuracy"]
+    chosen = getattr(data.train, "workers", None)  # None in memory
     del run, data
     finish(
         {
             "epoch_seconds": timer.seconds,
             "samples_per_s": samples / statistics.median(timer.seconds),
+            "num_workers": chosen,
             "test_accuracy": accuracy,
         }
     )
@@ -289,9 +293,9 @@ def measure(args) -> dict:
             result["fashion_memory"] = child("fashion", args)
             result["fashion_pack"] = child("fashion-pack", args, out=fashion)
             result["fashion_shards"] = child("fashion", args, out=fashion)
-            # The same, read in the training process: on few cores, workers take its CPU.
-            result["fashion_shards_in_process"] = child("fashion", args, out=fashion, workers=0)
-            for key in ("fashion_shards", "fashion_shards_in_process"):
+            # The same, read by 2 worker processes: on few cores, they take the training's CPU.
+            result["fashion_shards_workers"] = child("fashion", args, out=fashion, workers=2)
+            for key in ("fashion_shards", "fashion_shards_workers"):
                 result[key]["ratio"] = (
                     result[key]["samples_per_s"] / result["fashion_memory"]["samples_per_s"]
                 )
@@ -322,7 +326,8 @@ def report_lines(result: dict, workers: int, batch_size: int) -> list[str]:
         "",
         f"**Scale**: {result['samples']:,} synthetic (3, 32, 32) float32 samples, "
         f"{result['disk_bytes'] / 1e9:.2f} GB of shards on disk ({result['chunk_bytes']} chunks); "
-        f"one epoch of an MLP (hidden 64, batch {batch_size}, {workers} loader workers) on the "
+        f"one epoch of an MLP (hidden 64, batch {batch_size}, num_workers {workers}: "
+        f"{_workers(train['num_workers'])}) on the "
         f"{train['samples']:,} training samples.",
         "",
         "| step | seconds | peak RSS, process (MB) | peak RSS, largest worker (MB) | samples/s |",
@@ -330,7 +335,7 @@ def report_lines(result: dict, workers: int, batch_size: int) -> list[str]:
         f"| pack | {pack['seconds']:.0f} | {pack['peak_rss_mb']:.0f} | - | "
         f"{result['samples'] / pack['seconds']:,.0f} |",
         f"| train one epoch | {train['seconds']:.0f} | {train['peak_rss_mb']:.0f} | "
-        f"{train['workers_peak_rss_mb']:.0f} | {train['samples_per_s']:,.0f} |",
+        f"{_megabytes(train['workers_peak_rss_mb'])} | {train['samples_per_s']:,.0f} |",
         "",
         f"The training process held {train['rss_before_data_mb']:.0f} MB before it read any data "
         "(Python, torch, torchloom); the same MLP fitted in memory on 512 of these samples "
@@ -339,7 +344,7 @@ def report_lines(result: dict, workers: int, batch_size: int) -> list[str]:
     ]
     if "fashion_memory" in result:
         memory, shards = result["fashion_memory"], result["fashion_shards"]
-        in_process = result["fashion_shards_in_process"]
+        workers_row = result["fashion_shards_workers"]
         epochs = len(memory["epoch_seconds"])
         lines += [
             "",
@@ -352,14 +357,24 @@ def report_lines(result: dict, workers: int, batch_size: int) -> list[str]:
             "|---|---:|---:|---:|---:|---:|",
             f"| in memory | {memory['samples_per_s']:,.0f} | 1 | {memory['test_accuracy']:.3f} "
             f"| {memory['peak_rss_mb']:.0f} | - |",
-            f"| shards, {workers} workers | {shards['samples_per_s']:,.0f} | "
+            f"| shards, num_workers {workers} ({_workers(shards['num_workers'])}) "
+            f"| {shards['samples_per_s']:,.0f} | "
             f"**{shards['ratio']:.2f}** | {shards['test_accuracy']:.3f} "
-            f"| {shards['peak_rss_mb']:.0f} | {shards['workers_peak_rss_mb']:.0f} |",
-            f"| shards, read in the training process | {in_process['samples_per_s']:,.0f} | "
-            f"**{in_process['ratio']:.2f}** | {in_process['test_accuracy']:.3f} "
-            f"| {in_process['peak_rss_mb']:.0f} | - |",
+            f"| {shards['peak_rss_mb']:.0f} | {_megabytes(shards['workers_peak_rss_mb'])} |",
+            f"| shards, num_workers 2 | {workers_row['samples_per_s']:,.0f} | "
+            f"**{workers_row['ratio']:.2f}** | {workers_row['test_accuracy']:.3f} "
+            f"| {workers_row['peak_rss_mb']:.0f} | {workers_row['workers_peak_rss_mb']:.0f} |",
         ]
     return lines
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker processes" if count else "read in the training process"
+
+
+def _megabytes(value: float) -> str:
+    """A peak in MB for the table; '-' where no worker process ran."""
+    return f"{value:.0f}" if value else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,10 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if str(args.workers).isdigit():
         args.workers = int(args.workers)
-    elif args.workers == "auto" and not args.step:
-        from torchloom.data.streaming import auto_workers
-
-        args.workers = auto_workers()  # resolved once, so the report names the count
     if args.step:
         STEPS[args.step](args)
         return 0

@@ -113,6 +113,88 @@ def test_shards_train_as_the_in_memory_digits_do_and_predict_raw_rows(packed_dig
     assert (predicted == bunch.target).mean() >= 0.95
 
 
+class Targets(Dataset):
+    """Rows of 6 features with a float target (`vector` False) or a 2-value target."""
+
+    def __init__(self, vector: bool):
+        self.vector = vector
+
+    def __len__(self) -> int:
+        return 300
+
+    def __getitem__(self, index: int):
+        features = np.random.default_rng(index).standard_normal(6).astype(np.float32)
+        target = features[:2] * 2 if self.vector else float(features.sum())
+        return features, target
+
+
+def litdata_reads(folder, indices) -> list[dict]:
+    """The samples as litdata's own reader returns them, one `__getitem__` each."""
+    import litdata
+
+    stream = litdata.StreamingDataset(str(folder), batch_decode=0)
+    return [stream[index] for index in indices]
+
+
+def assert_same_samples(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert type(mine[key]) is type(value), key
+            if isinstance(value, np.ndarray):
+                assert mine[key].dtype == value.dtype and mine[key].shape == value.shape
+            assert np.array_equal(mine[key], value), key
+
+
+# litdata's writer warns when a chunk this small overshoots its target by more than 10%.
+@pytest.mark.filterwarnings("ignore:An item was larger than the target chunk size")
+@pytest.mark.parametrize("source", ["digits", "images", "float", "vector"])
+def test_batches_read_in_bulk_equal_litdatas_own_reads(packed_digits, tmp_path, source):
+    """Shard batches are decoded a chunk at a time with NumPy; each sample equals what litdata
+    reads for it (dtype, shape, Python numbers), whichever layout pack wrote."""
+    from torchloom.data.shards import FixedChunk
+
+    if source == "digits":  # 1-D float32 inputs, int targets, several chunks
+        folder = packed_digits[0] / "train"
+    else:
+        dataset = DigitImages() if source == "images" else Targets(source == "vector")
+        tl.data.pack(dataset, tmp_path / "packed", val=0, test=0, chunk_bytes="8kB")
+        folder = tmp_path / "packed" / "train"
+    data = tl.data.load("shards", path=str(folder.parent))
+    shards = data.train.dataset
+    order = np.random.default_rng(0).permutation(len(shards)).tolist()
+    got = [sample for start in range(0, len(order), 97) for sample in shards.__getitems__(
+        order[start : start + 97]
+    )]  # fmt: skip
+    assert_same_samples(got, litdata_reads(folder, order))
+    assert len(shards._chunks) == len(shards.files) > 1  # several chunks, read by the bulk path
+    assert all(isinstance(chunk, FixedChunk) for chunk in shards._chunks.values())
+    mapped = [chunk for chunk in shards._chunks.values() if chunk.rows is not None]
+    assert set(mapped) == set(shards._mapped.values())  # no more mapped than litdata's keeps
+    assert 0 < len(mapped) <= 4
+    assert_same_samples([shards[order[0]]], litdata_reads(folder, order[:1]))
+    with pytest.raises(IndexError, match=r"index 300000 is outside 0\.\."):
+        shards.__getitems__([0, 300000])
+
+
+def test_chunks_of_samples_laid_out_differently_are_read_through_litdata(tmp_path):
+    from litdata.streaming.writer import BinaryWriter
+
+    from torchloom.data.shards import ShardDataset
+
+    writer = BinaryWriter(str(tmp_path), chunk_bytes=4000)
+    for index in range(60):  # inputs of two lengths in every chunk
+        writer.add_item(index, {"input": np.arange(4 + index % 2, dtype=np.float32), "target": 1})
+    writer.done()
+    writer.merge()
+    index = json.loads((tmp_path / "index.json").read_text())
+    shards = ShardDataset(str(tmp_path), [chunk["chunk_size"] for chunk in index["chunks"]], index)
+    order = list(range(59, -1, -1))
+    assert_same_samples(shards.__getitems__(order), litdata_reads(tmp_path, order))
+    assert set(shards._chunks.values()) == {None} and not shards._mapped  # none read in bulk
+
+
 @pytest.mark.slow
 def test_a_packed_user_dataset_trains(tmp_path):
     folder = tmp_path / "digit_images"
@@ -198,7 +280,7 @@ def test_cli_packs_a_config_then_trains_and_evaluates_from_the_shards(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-def scale_step(gigabytes: float) -> dict:
+def scale_step(gigabytes: float, workers: int) -> dict:
     """benchmarks/shards.py's scale part at a small size: pack and train each in a fresh
     process, with their peak RSS."""
     completed = subprocess.run(
@@ -208,7 +290,7 @@ def scale_step(gigabytes: float) -> dict:
             f"--gigabytes={gigabytes}",
             "--skip-fashion",
             "--chunk-bytes=4MB",
-            "--workers=2",
+            f"--workers={workers}",
             "--json",
         ],
         capture_output=True,
@@ -220,8 +302,9 @@ def scale_step(gigabytes: float) -> dict:
 
 
 @pytest.mark.slow
-def test_peak_memory_does_not_grow_with_the_data():
-    small, large = scale_step(0.04), scale_step(0.16)
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "two-workers"])
+def test_peak_memory_does_not_grow_with_the_data(workers):
+    small, large = scale_step(0.04, workers), scale_step(0.16, workers)
     assert large["disk_bytes"] > 3.9 * small["disk_bytes"]
     grown = large["disk_bytes"] - small["disk_bytes"]  # about 120 MB more data
     margin = 40  # MB; the larger data set's shards alone are 160 MB
@@ -232,7 +315,8 @@ def test_peak_memory_does_not_grow_with_the_data():
         ("train", "workers_peak_rss_mb"),
     ):
         assert large[step][key] <= small[step][key] + margin, (step, key, small, large)
-    assert large["train"]["workers_peak_rss_mb"] > 0  # the workers were measured
+    assert large["train"]["num_workers"] == workers
+    assert (large["train"]["workers_peak_rss_mb"] > 0) == (workers > 0)  # workers were measured
 
 
 def test_without_litdata_the_message_gives_the_install_lines(tmp_path, monkeypatch):

@@ -21,7 +21,9 @@ batches to the loader's workers, so a resumed run sees the same batches as an un
 from __future__ import annotations
 
 import json
+import mmap
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +54,32 @@ def import_litdata():
 class ShardDataset(Dataset):
     """One folder of litdata shards as a map-style dataset of `{"input", "target"}` samples.
 
-    litdata's `StreamingDataset` is opened lazily in each process that reads (the loader's
-    workers included), so the object pickles small and no process shares another's open
-    chunk files. A batch read (`__getitems__`) visits its samples chunk by chunk, so a shuffled
-    batch opens each chunk once rather than once per sample.
+    A batch read (`__getitems__`) decodes its samples a chunk at a time, with NumPy, from the
+    chunk files mapped into memory (`FixedChunk`): `pack` writes every sample of a split with
+    one layout, so a chunk's samples are rows of one size and a batch is one fancy index per
+    leaf. Anything else (a chunk whose samples differ in layout, compressed or encrypted
+    shards, a folder in an object store) is read sample by sample through litdata's
+    `StreamingDataset`. Both are opened lazily in each process that reads (the loader's workers
+    included), so the object pickles small and no process shares another's open chunk files.
 
     Args:
         path: the folder (a local path, or a URL litdata reads: `s3://`, `gs://`, ...).
         counts: the number of samples in each chunk, in order (from litdata's `index.json`).
+        index: the folder's `index.json` (its `config` and `chunks`), for the bulk reads; None
+            reads every sample through litdata.
     """
 
-    def __init__(self, path: str, counts: list[int]):
+    deterministic_reads = True  # a sample reads the same bytes whatever the random generators
+
+    def __init__(self, path: str, counts: list[int], index: dict | None = None):
         self.path = path
         self.ends = np.cumsum(counts)  # sample i lives in the chunk searchsorted(ends, i, right)
+        self.starts = self.ends - np.asarray(counts, dtype=self.ends.dtype)
+        self.leaves = None if index is None or "://" in path else leaf_formats(index["config"])
+        self.files = [chunk["filename"] for chunk in index["chunks"]] if index else []
         self._stream = None
+        self._chunks: dict[int, FixedChunk | None] = {}  # each chunk's layout, once checked
+        self._mapped: OrderedDict[int, FixedChunk] = OrderedDict()  # the recent ones, mapped
         self._pid = None
 
     def __len__(self) -> int:
@@ -80,21 +94,170 @@ class ShardDataset(Dataset):
             self._pid = os.getpid()
         return self._stream
 
+    def _chunk(self, number: int) -> FixedChunk | None:
+        """Chunk `number` mapped for bulk reads, or None where litdata reads it; at most
+        `MAPPED_CHUNKS` stay mapped, as in litdata's own reader."""
+        if self.leaves is None:
+            return None
+        if number not in self._chunks:
+            file = os.path.join(self.path, self.files[number])
+            self._chunks[number] = FixedChunk.open(file, self.leaves)
+        chunk = self._chunks[number]
+        if chunk is not None:
+            self._mapped[number] = chunk
+            self._mapped.move_to_end(number)
+            while len(self._mapped) > MAPPED_CHUNKS:
+                self._mapped.popitem(last=False)[1].unmap()
+        return chunk
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: index {index} is outside 0..{len(self) - 1}")
-        return self._open()[int(index)]
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
-        stream = self._open()
-        chunks = np.searchsorted(self.ends, indices, side="right")
-        samples: list = [None] * len(indices)
-        for position in np.lexsort((np.asarray(indices), chunks)):  # by chunk, then by index in it
-            samples[position] = stream[int(indices[position])]
+        wanted = np.asarray(indices, dtype=np.int64)
+        if len(wanted) and (wanted.min() < 0 or wanted.max() >= len(self)):
+            bad = int(wanted[(wanted < 0) | (wanted >= len(self))][0])
+            raise IndexError(f"{self.path}: index {bad} is outside 0..{len(self) - 1}")
+        chunks = np.searchsorted(self.ends, wanted, side="right")
+        samples: list = [None] * len(wanted)
+        for number in np.unique(chunks):
+            positions = np.flatnonzero(chunks == number)
+            chunk = self._chunk(int(number))
+            if chunk is not None:
+                read = chunk.read(wanted[positions] - self.starts[number])
+            else:
+                stream = self._open()
+                read = [stream[int(wanted[position])] for position in positions]
+            for position, sample in zip(positions, read, strict=True):
+                samples[position] = sample
         return samples
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_stream": None, "_pid": None}
+        opened: dict = {"_stream": None, "_pid": None, "_chunks": {}, "_mapped": OrderedDict()}
+        return {**self.__dict__, **opened}  # each process opens its own
+
+
+MAPPED_CHUNKS = 4
+SCALARS = {"int": "<i8", "float": "<f8"}  # litdata's IntegerSerializer, FloatSerializer
+
+
+def leaf_formats(config: dict) -> list[tuple[str, str]] | None:
+    """`(key, format)` for each leaf of a sample written as a flat dict of NumPy arrays and
+    numbers, uncompressed and unencrypted (what `pack` writes); None for anything else."""
+    if any(config.get(name) for name in ("compression", "encryption", "compression_level")):
+        return None
+    if config.get("item_loader", "PyTreeLoader") != "PyTreeLoader":
+        return None
+    formats = config.get("data_format") or []
+    try:
+        _, spec = json.loads(config["data_spec"])
+        keys = json.loads(spec["context"])
+        children = spec["children_spec"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if (
+        spec.get("type") != "builtins.dict"
+        or len(keys) != len(formats)
+        or any(child.get("type") is not None for child in children)
+    ):
+        return None
+    if not all(
+        name in SCALARS or name == "numpy" or name.startswith("no_header_numpy:")
+        for name in formats
+    ):
+        return None
+    return list(zip(keys, formats, strict=True))
+
+
+class FixedChunk:
+    """A litdata chunk file whose samples are all laid out alike, read in bulk with NumPy.
+
+    A chunk is `num_items` (uint32), `num_items + 1` offsets (uint32), then the samples; a
+    sample is one uint32 size per leaf, then each leaf's bytes (a `numpy` leaf: its dtype's
+    index, its number of dimensions and each dimension as uint32, then the array). When every
+    sample's sizes and headers equal the first's, the samples are rows of one width, and a
+    leaf is a column range of them. The layout is checked once; the file is mapped while it is
+    among the reader's recent chunks (`map`, `unmap`)."""
+
+    def __init__(self, file: str, start: int, count: int, width: int, columns: list):
+        self.file, self.start, self.count, self.width = file, start, count, width
+        self.columns = columns  # (key, start, stop, dtype, shape or None for a number)
+        self.rows: np.ndarray | None = None  # (count, width), a view of the mapped file
+
+    @staticmethod
+    def _mapped(file: str) -> np.ndarray:
+        with open(file, "rb") as handle:  # the mapping outlives the file's descriptor
+            return np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+
+    def map(self) -> np.ndarray:
+        if self.rows is None:
+            data = self._mapped(self.file)
+            end = self.start + self.count * self.width
+            self.rows = data[self.start : end].reshape(self.count, self.width)
+        return self.rows
+
+    def unmap(self) -> None:
+        self.rows = None  # the mapping closes with its last view
+
+    @classmethod
+    def open(cls, file: str, leaves: list[tuple[str, str]]) -> FixedChunk | None:
+        """The chunk mapped, or None when its samples differ in layout (read them one by one)."""
+        from litdata.constants import _NUMPY_DTYPES_MAPPING
+
+        data = cls._mapped(file)
+        count = int(data[:4].view("<u4")[0])
+        offsets = data[4 : 4 * (count + 2)].view("<u4").astype(np.int64)
+        width = int(offsets[1] - offsets[0]) if count else 0
+        if count == 0 or np.any(np.diff(offsets) != width):
+            return None
+        rows = data[offsets[0] : offsets[0] + count * width].reshape(count, width)
+        first = rows[0]
+        sizes = first[: 4 * len(leaves)].view("<u4")
+        columns, start = [], 4 * len(leaves)
+        for (key, name), size in zip(leaves, sizes.tolist(), strict=True):
+            header = 0
+            if name in SCALARS:
+                dtype, shape = np.dtype(SCALARS[name]), None
+            elif name == "numpy":
+                dtype_index, ndim = first[start : start + 8].view("<u4").tolist()
+                shape = tuple(first[start + 8 : start + 8 + 4 * ndim].view("<u4").tolist())
+                dtype, header = _NUMPY_DTYPES_MAPPING[dtype_index], 8 + 4 * ndim
+            else:  # no_header_numpy:K, a 1-D array
+                dtype = _NUMPY_DTYPES_MAPPING[int(name.split(":")[1])]
+                shape = ((size - header) // dtype.itemsize,)
+            if (size - header) != dtype.itemsize * int(np.prod(shape or ())):
+                return None
+            columns.append((key, start + header, start + size, dtype, shape))
+            start += size
+        # every sample's leaf sizes and array headers as the first's: one layout for all rows
+        fixed = [(0, 4 * len(leaves))]
+        position = 4 * len(leaves)
+        for _, begin, stop, _, _ in columns:
+            if begin > position:
+                fixed.append((position, begin))
+            position = stop
+        for low, high in fixed:
+            if np.any(rows[:, low:high] != first[low:high]):
+                return None
+        chunk = cls(file, int(offsets[0]), count, width, columns)
+        chunk.rows = rows
+        return chunk
+
+    def read(self, local: np.ndarray) -> list[dict]:
+        """The samples at positions `local` of this chunk, as litdata returns them: arrays
+        (copies) for array leaves, Python numbers for numbers."""
+        picked = self.map()[local]  # one copy of the batch's bytes
+        values = []
+        for _, begin, stop, dtype, shape in self.columns:
+            column = np.ascontiguousarray(picked[:, begin:stop]).view(dtype)
+            if shape is None:
+                values.append(column.reshape(len(local)).tolist())
+            else:
+                values.append(list(column.reshape(len(local), *shape)))
+        keys = [key for key, *_ in self.columns]
+        return [dict(zip(keys, sample, strict=True)) for sample in zip(*values, strict=True)]
 
 
 def shards(
@@ -151,7 +314,8 @@ def shards(
             continue
         folder = f"{root}/{name}"
         index = _read_json(folder, "index.json")
-        datasets[name] = ShardDataset(folder, [chunk["chunk_size"] for chunk in index["chunks"]])
+        counts = [chunk["chunk_size"] for chunk in index["chunks"]]
+        datasets[name] = ShardDataset(folder, counts, index)
     import_litdata()  # a missing install is reported before any read
     data = from_datasets(
         datasets.get("train"),

@@ -31,6 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,6 +140,13 @@ class SeededSamples(Dataset):
         self.dataset, self.indices, self.name = split.dataset, split.indices, split.name
         self.seed = seed
         self.batched = hasattr(self.dataset, "__getitems__")
+        # A dataset that draws nothing random when read (torchloom's shards) is read without
+        # seeding: in the training process, saving and restoring the generators costs more
+        # than a batch of shards takes to read.
+        self.seeded = not getattr(self.dataset, "deterministic_reads", False)
+
+    def _seeded(self, epoch: int, index: int):
+        return SeededRead(sample_seed(self.seed, epoch, index)) if self.seeded else nullcontext()
 
     def __len__(self) -> int:
         # torch types Dataset without __len__; a map-style one read by position has one.
@@ -150,7 +158,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, position = key
         index = self._index(position)
-        with SeededRead(sample_seed(self.seed, epoch, index)):
+        with self._seeded(epoch, index):
             try:
                 return index, self.dataset[index]
             except DataError:  # already says what is wrong with which sample
@@ -164,7 +172,7 @@ class SeededSamples(Dataset):
         draw does not depend on the worker either, and one seeding a batch costs far less than
         one a sample."""
         indices = [self._index(position) for _, position in keys]
-        with SeededRead(sample_seed(self.seed, keys[0][0], indices[0])):
+        with self._seeded(keys[0][0], indices[0]):
             return self._read(indices)
 
     def _read(self, indices: list[int]) -> list:
