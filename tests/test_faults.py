@@ -21,7 +21,7 @@ import pytest
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import REPO, assert_same_run, run_cli, scenario
+from tests.conftest import REPO, assert_same_run, run_cli, scenario, tensorboard_scalars
 from torchloom.train.checkpoint import find_resumable, load_checkpoint
 
 
@@ -579,3 +579,67 @@ def test_resuming_from_a_mid_epoch_checkpoint_at_an_epoch_end_step_keeps_one_epo
     sink.open(26, epochs=2)  # resumed from the epoch end's checkpoint: its line stays
     sink.close()
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:4]
+
+
+@pytest.mark.slow
+def test_resumed_from_a_mid_epoch_checkpoint_at_an_epoch_end_tensorboard_has_each_epoch_once(
+    tmp_path, baseline
+):
+    """A checkpoint every 2 steps and after each 13-step epoch, 5 files each: the 71st write is
+    the first of the epoch end's checkpoint at step 26, made after that epoch's scalars went to
+    TensorBoard. The kill there leaves the mid-epoch checkpoint of step 26 to resume from; the
+    resumed run logs the epoch of step 26 again, and TensorBoard's reader sees it once (CI's
+    chaos test saw it twice)."""
+    run = tmp_path / "run"
+    killed = scenario(tmp_path, "run", "--checkpoint-every", "2", "--kill", "write:71")
+    assert killed.returncode == -signal.SIGKILL and dying_at(killed.stderr) == "write"
+    assert (26, 2.0) in tensorboard_scalars(run)["epoch"]  # logged before the kill
+    folder, checkpoint = find_resumable(run / "checkpoints")
+    assert folder.name == "step-00000026" and checkpoint["state"]["epoch"] == 1  # mid-epoch
+    resumed = run_cli("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(baseline, run)
+
+
+def test_trimmed_event_files_keep_what_tensorboard_showed_up_to_the_checkpoint(tmp_path):
+    """Process 1 logged to step 28; process 2 resumed at step 20 (TensorBoard drops process 1's
+    events from step 21) and logged to the end of epoch 2 at step 26; process 3 resumes from
+    the mid-epoch checkpoint of step 26, one epoch ended. The files keep epoch 1 and steps up to
+    26 as TensorBoard read them, and neither copy of epoch 2; a rewrite a kill cut short is
+    cleared, and trimming again changes nothing."""
+    from torchloom.train.sinks import EventFile, trim_event_files
+
+    def process(name: str, purge: int | None, logged: list[tuple[str, int, float]]) -> Path:
+        events = EventFile(tmp_path, purge)
+        for prefix, step, value in logged:
+            events.add_scalars({"loss": value}, step, prefix=prefix)
+        events.close()
+        return events.path.rename(tmp_path / f"events.out.tfevents.{name}.torchloom")
+
+    first = process(
+        "1",
+        None,
+        [
+            ("", 13, 1.0),
+            ("step/", 20, 0.5),
+            ("step/", 24, 0.25),
+            ("", 26, 2.0),
+            ("step/", 28, 0.75),
+        ],
+    )
+    second = process("2", 21, [("step/", 22, 0.375), ("step/", 26, 0.125), ("", 26, 2.5)])
+    (tmp_path / ".events.out.tfevents.3.torchloom.x.tmp").write_bytes(b"torn")
+    before = tensorboard_scalars(tmp_path)
+    assert before == {
+        "loss": [(13, 1.0), (26, 2.5)],
+        "step/loss": [(20, 0.5), (22, 0.375), (26, 0.125)],
+    }
+    trim_event_files(tmp_path, 26, epochs=1)
+    assert tensorboard_scalars(tmp_path) == {
+        "loss": [(13, 1.0)],
+        "step/loss": [(20, 0.5), (22, 0.375), (26, 0.125)],
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, second.name]
+    inode = first.stat().st_ino
+    trim_event_files(tmp_path, 26, epochs=1)  # nothing more to drop: no file rewritten
+    assert first.stat().st_ino == inode

@@ -657,6 +657,11 @@ MISTAKES = [
         ("new.csv: has a header but no rows to predict",),
     ),
     Mistake(
+        "predict-an-array-with-no-rows",
+        lambda folder, run: ["predict", str(run), save(folder, np.zeros((0, 3)))],
+        ("holds no samples to predict (shape (0, 3))", "one row per sample"),
+    ),
+    Mistake(
         "predict-a-file-that-does-not-exist",
         cli("predict", "{run}", "{folder}/new.csv"),
         ("no such input file", "new.csv'. Give a .csv or .npy file"),

@@ -179,12 +179,20 @@ def test_runs_lists_statuses_and_compares_two_runs(tmp_path, digits, capsys):
         (tmp_path / name / "summary.json").unlink()
         for path in (tmp_path / name).rglob("*"):
             os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+    for name, text in (("e", '{"status": "comp'), ("f", "[1]")):
+        shutil.copytree(first.dir, tmp_path / name)  # damaged: the listing still shows the rest
+        (tmp_path / name / "summary.json").write_text(text)
 
     assert main(["runs", str(tmp_path), "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert {name: row["status"] for name, row in rows.items()} == {
-        "a": "finished", "b": "finished", "c": "running", "d": "failed",
+        "a": "finished", "b": "finished", "c": "running", "d": "failed", "e": "damaged",
+        "f": "damaged",
     }  # fmt: skip
+    assert rows["e"]["error"].startswith(f"{tmp_path / 'e' / 'summary.json'}: not valid JSON")
+    assert rows["f"]["error"] == (
+        f"{tmp_path / 'f' / 'summary.json'}: expected a mapping, found list."
+    )
     assert rows["a"]["best"] == min(row["val/loss"] for row in first.history)
     assert (rows["a"]["task"], rows["a"]["model"], rows["a"]["epochs"]) == (
         "classification",
@@ -193,8 +201,14 @@ def test_runs_lists_statuses_and_compares_two_runs(tmp_path, digits, capsys):
     )
 
     assert main(["runs", str(tmp_path)]) == 0
-    table = capsys.readouterr().out
+    printed = capsys.readouterr()
+    table = printed.out
     assert "finished" in table and "running" in table and "val/loss" in table
+    assert "damaged" in table
+    assert sorted(printed.err.splitlines()) == [  # copies of a: listed in any order
+        f"e: damaged: {rows['e']['error']}",
+        f"f: damaged: {rows['f']['error']}",
+    ]
 
     assert main(["runs", "--compare", str(first.dir), str(second.dir), "--json"]) == 0
     comparison = json.loads(capsys.readouterr().out)

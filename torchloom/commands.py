@@ -381,7 +381,7 @@ def read_inputs(path: Path, feature_names: list[str], raw: bool = False) -> np.n
         raise DataError(f"no such input file '{path}'. Give a .csv or .npy file of features.")
     if path.suffix == ".npy":
         try:
-            return np.load(path, allow_pickle=False).astype(np.float32)
+            array = np.load(path, allow_pickle=False).astype(np.float32)
         except (ValueError, OSError, EOFError) as error:
             reason = (str(error).splitlines() or [type(error).__name__])[0]
             if "pickle" in reason:  # numpy's advice (load it unsafely) is not one to pass on
@@ -390,6 +390,12 @@ def read_inputs(path: Path, feature_names: list[str], raw: bool = False) -> np.n
                 f"{path}: not a numeric .npy array ({reason}). Save one with "
                 "numpy.save(path, features.astype('float32'))."
             ) from None
+        if array.ndim == 0 or len(array) == 0:
+            raise DataError(
+                f"{path}: holds no samples to predict (shape {array.shape}). Save an array of "
+                "shape (samples, ...) with one row per sample."
+            )
+        return array
     if path.suffix != ".csv":
         raise DataError(
             f"{path}: expected a .csv or .npy file of features, got '{path.suffix}'. Save the "

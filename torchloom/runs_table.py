@@ -32,8 +32,12 @@ def run_info(run_dir: Path) -> dict:
             "`torchloom train` wrote, such as runs/<name>."
         )
     config = read_yaml(run_dir / "config.yaml")
-    output = config.get("output") or {}
     summary = read_json(run_dir / "summary.json")
+    if summary is not None and not isinstance(summary, dict):  # read_yaml checks the config
+        raise TorchloomError(
+            f"{run_dir / 'summary.json'}: expected a mapping, found {type(summary).__name__}."
+        )
+    output = config.get("output") or {}
     epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row.get("kind") == "epoch"]
     monitor = output.get("monitor", "val/loss")
     values = [row[monitor] for row in epochs if isinstance(row.get(monitor), int | float)]
@@ -82,7 +86,33 @@ def list_runs(root: str | Path = "runs") -> list[dict]:
         )
     folders = [path for path in root.iterdir() if (path / "config.yaml").is_file()]
     folders.sort(key=lambda path: (path / "config.yaml").stat().st_mtime)
-    return [run_info(folder) for folder in folders]
+    rows = []
+    for folder in folders:
+        try:
+            rows.append(run_info(folder))
+        except TorchloomError as error:  # one damaged run does not hide the others
+            rows.append(damaged_row(folder, str(error)))
+    return rows
+
+
+def damaged_row(run_dir: Path, error: str) -> dict:
+    """The row of a run whose files cannot be read: its name, status "damaged" and why."""
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "task": None,
+        "model": None,
+        "data": None,
+        "status": "damaged",
+        "epochs": 0,
+        "monitor": None,
+        "best": None,
+        "seconds": None,
+        "final": {},
+        "test": {},
+        "config": {},
+        "error": error,
+    }
 
 
 def flatten(mapping: dict, prefix: str = "") -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -76,13 +77,16 @@ def runs(args: argparse.Namespace) -> int:
             row["name"],
             row["task"] or "-",
             row["model"] or "-",
-            str(row["data"]),
+            str(row["data"] or "-"),
             str(row["epochs"]),
             best,
             seconds,
             row["status"],
         )
     console.print(table)
+    for row in rows:
+        if "error" in row:  # a damaged run: what is wrong with it, one line each
+            print(f"{row['name']}: damaged: {row['error']}", file=sys.stderr)
     return 0
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchloom.io import atomic_write_text, writing
+from torchloom.io import atomic_write_bytes, atomic_write_text, writing
 from torchloom.train.callbacks import Callback, TrainState
 
 if TYPE_CHECKING:  # imported when used: both are slow imports a quiet run never pays
@@ -219,6 +220,63 @@ class EventFile:
                 self.records.close()
 
 
+def trim_event_files(log_dir: str | Path, step: int, epochs: int) -> None:
+    """On resume, rewrite the scalar files earlier processes wrote in `log_dir` so they hold
+    what the checkpoint had logged and nothing else: no event past `step`, and no epoch event
+    past the first `epochs` (the epochs the checkpoint had ended), as the JSONL sink keeps its
+    file.
+
+    The `SessionLog.START` a resumed process writes drops, for TensorBoard, every event past
+    the checkpoint's step; but a step's mid-epoch checkpoint and its epoch's end can share a
+    step, and resumed from the mid-epoch one, the epoch's scalars of that step, logged after
+    it, would come again. Files are read in TensorBoard's order (by name), each earlier START
+    applied as TensorBoard applies it; each file is replaced atomically, and only when it
+    changes. A record cut off by a kill ends its file's events, as it does for TensorBoard.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    log_dir = Path(log_dir)
+    for stale in log_dir.glob(".events.out.tfevents.*.tmp"):  # a rewrite a kill cut short
+        stale.unlink(missing_ok=True)
+    files = sorted(log_dir.glob("events.out.tfevents.*.torchloom"))
+    # Per file, its records as [step, "epoch" | "step" | "other", record, kept].
+    events: dict[Path, list[list]] = {}
+    for path in files:
+        rows = events[path] = []
+        for record in RawEventFileLoader(str(path)).Load():
+            event = Event.FromString(record)
+            kind = "other"
+            if event.HasField("summary") and event.summary.value:
+                kind = "step" if event.summary.value[0].tag.startswith("step/") else "epoch"
+            elif event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                for earlier in events.values():  # what TensorBoard purges when it reads it
+                    for row in earlier:
+                        if row[1] != "other" and row[0] >= event.step:
+                            row[3] = False
+            rows.append([event.step, kind, record, True])
+    ended = 0
+    for path in files:
+        for row in events[path]:
+            if row[1] == "other" or not row[3]:
+                continue
+            if row[0] > step:
+                row[3] = False
+            elif row[1] == "epoch":
+                ended += 1
+                row[3] = ended <= epochs
+    for path, rows in events.items():
+        if all(row[3] for row in rows):
+            continue
+        buffer = io.BytesIO()
+        writer = RecordWriter(buffer)
+        for row in rows:
+            if row[3]:
+                writer.write(row[2])
+        atomic_write_bytes(path, buffer.getvalue())
+
+
 class TensorBoardSink(Callback):
     """Writes every logged scalar to TensorBoard event files in the run directory; also the
     model graph once, and weight/gradient histograms every `histogram_every` optimizer steps.
@@ -247,8 +305,11 @@ class TensorBoardSink(Callback):
     def on_fit_start(self, state: TrainState) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        # On resume, TensorBoard drops what an earlier process logged after the checkpoint.
+        # On resume, TensorBoard drops what an earlier process logged after the checkpoint;
+        # the scalar files lose it on disk too, with any epoch the checkpoint had not ended.
         purge = state.step + 1 if state.step > 0 else None
+        if purge is not None:
+            trim_event_files(self.log_dir, state.step, epochs=len(state.history))
         # The graph is traced when training ends: tracing takes far longer than a training step
         # and would otherwise delay the first one. A resumed run has its graph from the first
         # process.
