@@ -45,11 +45,17 @@ $(STAMP): $(CORE_STAMP)
 run: $(CORE_STAMP)
 	$(BIN)/torchloom train
 
+# Two pytest processes (pytest-xdist), one per core; --dist loadfile keeps each test file in one
+# process, so a module's fixtures (a trained baseline, a 2-process torchrun job) are made once.
+# Most tests train on one thread or wait on subprocesses: two at a time halve the suite's time.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-quick: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install
 	$(PIP_INSTALL) -e ".[bench]" "$(TORCH_SPEC)"

@@ -35,6 +35,14 @@ def missing(what: str, install: str) -> NoReturn:
     pytest.skip(f"{what} is missing: {install}")
 
 
+def require_fashion_mnist() -> None:
+    """Skip the test where Debian's Fashion-MNIST is not installed (fail where required)."""
+    from torchloom.data.images import FASHION_MNIST_DIR
+
+    if not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file():
+        missing("Fashion-MNIST", "apt-get install -y dataset-fashion-mnist")
+
+
 def require(module: str, install: str):
     """`pytest.importorskip(module)`, failing instead where everything is required."""
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import require
+from tests.conftest import require, require_fashion_mnist
 from tests.image_files import write_bar_folder
 from torchloom.api import fit_config, registries
 from torchloom.config import load_config
@@ -73,6 +73,8 @@ def test_agent_example_plays_and_learns_a_little(path):
 )
 def test_example_trains_a_few_epochs(path, tmp_path, request):
     overrides = ["trainer.epochs=3", "output.dir=null", "trainer.progress=false"]
+    if "fashion_mnist" in path.read_text():
+        require_fashion_mnist()
     if path.name.startswith("speech_digits"):  # rendered once a session, not into ~/.cache
         overrides.append(f"data.cache={request.getfixturevalue('speech_cache')}")
     if path.name == "digits_transfer.yaml":  # its source: the run its comment says to train

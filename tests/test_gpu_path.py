@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torchloom as tl
-from tests.conftest import REPO
+from tests.conftest import REPO, require_fashion_mnist
 from torchloom.data import BatchLoader
 from torchloom.data.placement import keep_on_device, place
 from torchloom.errors import ConfigError
@@ -21,6 +21,7 @@ SGD = {"name": "sgd", "lr": 0.01, "momentum": 0.9}
 
 @pytest.fixture(scope="module")
 def fashion():
+    require_fashion_mnist()
     return tl.data.load("fashion_mnist", limit=400)  # 360 train, 40 test 1x28x28 images
 
 

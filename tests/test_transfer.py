@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
 import torchloom as tl
-from tests.conftest import require
+from tests.conftest import require, require_fashion_mnist
 from torchloom.errors import TorchloomError
 from torchloom.transfer import IMAGENET_MEAN, IMAGENET_STD, freeze, load_pretrained
 
@@ -152,6 +152,7 @@ def test_imagenet_mobilenet_classifies_real_photos():
 
 @pytest.mark.slow
 def test_imagenet_features_beat_scratch_on_100_fashion_images():
+    require_fashion_mnist()
     data = tl.data.load("fashion_mnist", standardize=False, val=0, test=0.1)
     rng = np.random.default_rng(0)
     labels = data.train.targets.numpy()
